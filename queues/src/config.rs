@@ -1,0 +1,183 @@
+//! Which broker to connect to, as it appears in the `[broker]` table of the config file, and
+//! the one function that turns it into a running backend.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Broker;
+use crate::error::{QueueError, Result};
+
+/// The backends this build knows. A backend left out at compile time is still named here so a
+/// config that asks for it gets a clear "not compiled in" error instead of a parse error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Memory,
+    Sqs,
+    Rabbitmq,
+    Redis,
+    Postgres,
+}
+
+impl BackendKind {
+    /// The lowercase name used in config and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Sqs => "sqs",
+            BackendKind::Rabbitmq => "rabbitmq",
+            BackendKind::Redis => "redis",
+            BackendKind::Postgres => "postgres",
+        }
+    }
+
+    /// The URL used when the config gives none: the local service on its standard port.
+    pub fn default_url(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory://",
+            BackendKind::Sqs => "http://127.0.0.1:5000",
+            BackendKind::Rabbitmq => "amqp://guest:guest@127.0.0.1:5672/%2f",
+            BackendKind::Redis => "redis://127.0.0.1:6379",
+            BackendKind::Postgres => "postgres://postgres@127.0.0.1:5432/postgres",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Connection settings for one broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Which backend.
+    pub backend: BackendKind,
+    /// `redis://…`, `amqp://…`, `postgres://…`; for SQS the endpoint URL (moto, LocalStack),
+    /// left out to use AWS's own endpoint for the region.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// AWS region (SQS only); the SDK's default chain when left out.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Prefix for broker-side names (SQS queue names, Redis keys, RabbitMQ queues, the
+    /// PostgreSQL schema), so several deployments can share one broker.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+/// The default [`BrokerConfig::namespace`].
+pub fn default_namespace() -> String {
+    "jobfleet".into()
+}
+
+impl BrokerConfig {
+    /// Settings for `backend` at `url`, default namespace.
+    pub fn new(backend: BackendKind, url: impl Into<String>) -> Self {
+        BrokerConfig {
+            backend,
+            url: Some(url.into()),
+            region: None,
+            namespace: default_namespace(),
+        }
+    }
+
+    /// The URL to connect to: the configured one or the backend's local default.
+    pub fn url_or_default(&self) -> &str {
+        self.url
+            .as_deref()
+            .unwrap_or_else(|| self.backend.default_url())
+    }
+
+    /// Checks what can be checked without connecting.
+    pub fn validate(&self) -> Result<()> {
+        let ns_ok = !self.namespace.is_empty()
+            && self.namespace.len() <= 40
+            && self
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ns_ok {
+            return Err(QueueError::Config(format!(
+                "broker.namespace `{}` must be 1-40 characters of [A-Za-z0-9_-]",
+                self.namespace
+            )));
+        }
+        if let Some(u) = &self.url {
+            url::Url::parse(u)
+                .map_err(|e| QueueError::Config(format!("broker.url `{u}` is not a URL: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Queue names are used in broker-side names (SQS queue names, Redis keys, table rows), so keep
+/// them to a safe alphabet: letters, digits, `_` and `-`, up to 64 characters.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(QueueError::Config(format!(
+            "queue name `{name}` must be 1-64 characters of [A-Za-z0-9_-]"
+        )));
+    }
+    Ok(())
+}
+
+/// Connects to the configured broker.
+pub async fn connect(cfg: &BrokerConfig) -> Result<Arc<dyn Broker>> {
+    cfg.validate()?;
+    match cfg.backend {
+        #[cfg(feature = "memory")]
+        BackendKind::Memory => Ok(Arc::new(crate::memory::MemoryBroker::new())),
+        #[cfg(feature = "sqs")]
+        BackendKind::Sqs => Ok(Arc::new(crate::sqs::SqsBroker::connect(cfg).await?)),
+        #[cfg(feature = "rabbitmq")]
+        BackendKind::Rabbitmq => Ok(Arc::new(crate::rabbitmq::RabbitBroker::connect(cfg).await?)),
+        #[cfg(feature = "redis")]
+        BackendKind::Redis => Ok(Arc::new(crate::redis::RedisBroker::connect(cfg).await?)),
+        #[cfg(feature = "postgres")]
+        BackendKind::Postgres => Ok(Arc::new(crate::postgres::PgBroker::connect(cfg).await?)),
+        #[allow(unreachable_patterns)]
+        other => Err(QueueError::Config(format!(
+            "backend `{other}` is not compiled into this build (enable the `{other}` feature)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_unknown_keys() {
+        let cfg: BrokerConfig = toml::from_str("backend = \"redis\"\nurl = \"redis://h:1\"")
+            .expect("valid");
+        assert_eq!(cfg.backend, BackendKind::Redis);
+        assert_eq!(cfg.namespace, "jobfleet");
+        let err = toml::from_str::<BrokerConfig>("backend = \"redis\"\nurll = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `urll`"), "{err}");
+        let err = toml::from_str::<BrokerConfig>("backend = \"kafka\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka"), "{err}");
+    }
+
+    #[test]
+    fn validates_names() {
+        let mut cfg = BrokerConfig::new(BackendKind::Memory, "memory://");
+        cfg.namespace = "bad name".into();
+        assert!(cfg.validate().is_err());
+        assert!(validate_queue_name("embeddings").is_ok());
+        assert!(validate_queue_name("a b").is_err());
+        assert!(validate_queue_name("").is_err());
+    }
+}

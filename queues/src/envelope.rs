@@ -1,0 +1,278 @@
+//! The v1 job envelope: the JSON document every backend carries as its message body.
+//!
+//! The format is documented in `docs/envelope.md` (with a JSON Schema) so that an API written in
+//! any language can enqueue a job by writing this JSON to the broker. Fields this version does not
+//! know are kept in [`Envelope::extra`] and written back unchanged, so a newer producer's fields
+//! survive a trip through an older worker, the DLQ and a replay.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The only wire version this crate reads and writes.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Attempts a job gets when the producer does not say.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+
+/// One job, as it travels on every broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Wire version; always [`ENVELOPE_VERSION`].
+    pub v: u32,
+    /// Job id: a UUIDv7 (time-ordered) when jobfleet creates it; any non-empty string is accepted.
+    pub id: String,
+    /// Job kind, e.g. `embed_document`; picks the handler.
+    pub kind: String,
+    /// Source queue; a DLQ replay sends the job back here.
+    pub queue: String,
+    /// Handler input; validated by the handler, not here.
+    #[serde(default)]
+    pub payload: Value,
+    /// Failed attempts so far (0 for a new job). Reset by a DLQ replay.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Attempts before the job is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// When the producer enqueued it.
+    pub enqueued_at: DateTime<Utc>,
+    /// Not to run before this instant (`null`: at once).
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Producer-chosen key for de-duplication (the scheduler uses `schedule@tick`).
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+    /// One entry per failed attempt, oldest first: the job's whole history.
+    #[serde(default)]
+    pub errors: Vec<ErrorRecord>,
+    /// Fields a newer producer added; kept verbatim.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One failed attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorRecord {
+    /// The attempt that failed (1-based).
+    pub attempt: u32,
+    /// When it failed.
+    pub at: DateTime<Utc>,
+    /// What went wrong, as the handler or the worker said it.
+    pub error: String,
+    /// Which worker ran it (`host/pid`).
+    #[serde(default)]
+    pub worker: String,
+    /// Fields a newer producer added; kept verbatim.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+
+/// Why a body is not a valid v1 envelope. The text is what lands in the DLQ as the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("body is JSON but not an object")]
+    NotAnObject,
+    #[error("unsupported envelope version {0:?} (this worker reads v1)")]
+    Version(Option<Value>),
+    #[error("envelope field `{field}` is invalid: {reason}")]
+    Field { field: String, reason: String },
+}
+
+impl Envelope {
+    /// A new job for `queue`, with a fresh time-ordered id and defaults for the rest.
+    pub fn new(kind: impl Into<String>, queue: impl Into<String>, payload: Value) -> Self {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.into(),
+            queue: queue.into(),
+            payload,
+            attempt: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            enqueued_at: Utc::now(),
+            run_at: None,
+            dedup_key: None,
+            errors: Vec::new(),
+            extra: Map::new(),
+        }
+    }
+
+    /// Builder: do not run before `at`.
+    pub fn with_run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// Builder: attempts before dead-lettering.
+    pub fn with_max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Builder: de-duplication key.
+    pub fn with_dedup_key(mut self, key: impl Into<String>) -> Self {
+        self.dedup_key = Some(key.into());
+        self
+    }
+
+    /// Parses and validates a message body. Checks the version first so a v2 body says so
+    /// instead of failing on a field it renamed.
+    pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        let obj = value.as_object().ok_or(EnvelopeError::NotAnObject)?;
+        match obj.get("v") {
+            Some(Value::Number(n)) if n.as_u64() == Some(u64::from(ENVELOPE_VERSION)) => {}
+            other => return Err(EnvelopeError::Version(other.cloned())),
+        }
+        for field in ["id", "kind", "queue"] {
+            match obj.get(field) {
+                Some(Value::String(s)) if !s.trim().is_empty() => {}
+                Some(Value::String(_)) => {
+                    return Err(EnvelopeError::Field {
+                        field: field.into(),
+                        reason: "must not be empty".into(),
+                    });
+                }
+                Some(_) => {
+                    return Err(EnvelopeError::Field {
+                        field: field.into(),
+                        reason: "must be a string".into(),
+                    });
+                }
+                None => {
+                    return Err(EnvelopeError::Field {
+                        field: field.into(),
+                        reason: "is missing".into(),
+                    });
+                }
+            }
+        }
+        serde_json::from_value(value).map_err(|e| field_error(&e.to_string()))
+    }
+
+    /// The JSON body written to the broker.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an Envelope always serializes")
+    }
+
+    /// Appends a failure to the history and counts the attempt.
+    pub fn record_failure(&mut self, error: impl Into<String>, worker: impl Into<String>) {
+        self.attempt += 1;
+        self.errors.push(ErrorRecord {
+            attempt: self.attempt,
+            at: Utc::now(),
+            error: error.into(),
+            worker: worker.into(),
+            extra: Map::new(),
+        });
+    }
+
+    /// Whether no attempt is left after the ones already failed.
+    pub fn attempts_exhausted(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+
+    /// The envelope as a DLQ replay sends it back: attempts reset, history kept, due now.
+    pub fn for_replay(&self) -> Envelope {
+        let mut e = self.clone();
+        e.attempt = 0;
+        e.run_at = None;
+        e
+    }
+
+    /// The delay until `run_at`, or zero when it is due.
+    pub fn delay(&self) -> std::time::Duration {
+        self.run_at
+            .and_then(|at| (at - Utc::now()).to_std().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// serde's messages read like "missing field `enqueued_at` at line 1 column 80": pull out the
+/// field name so the DLQ reason names it.
+fn field_error(msg: &str) -> EnvelopeError {
+    let field = msg
+        .split('`')
+        .nth(1)
+        .map(str::to_owned)
+        .unwrap_or_else(|| "?".into());
+    EnvelopeError::Field {
+        field,
+        reason: msg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trip_keeps_unknown_fields() {
+        let body = json!({"v":1,"id":"a","kind":"k","queue":"q","payload":{"x":1},
+            "attempt":2,"max_attempts":5,"enqueued_at":"2026-11-22T10:00:00Z","run_at":null,
+            "dedup_key":null,"errors":[{"attempt":1,"at":"2026-11-22T10:00:01Z","error":"boom",
+            "worker":"w","trace":"t1"}],"tenant":"acme","nested":{"a":[1,2]}});
+        let env = Envelope::parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(env.extra.get("tenant"), Some(&json!("acme")));
+        assert_eq!(env.errors[0].extra.get("trace"), Some(&json!("t1")));
+        let back: Value = serde_json::from_slice(&env.to_bytes()).unwrap();
+        assert_eq!(back, body);
+    }
+
+    #[test]
+    fn minimal_body_gets_defaults() {
+        let env = Envelope::parse(
+            br#"{"v":1,"id":"a","kind":"k","queue":"q","enqueued_at":"2026-11-22T10:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(env.attempt, 0);
+        assert_eq!(env.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert!(env.errors.is_empty());
+        assert_eq!(env.payload, Value::Null);
+    }
+
+    #[test]
+    fn rejects_bad_bodies_with_reasons() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "not valid JSON"),
+            (b"[1,2]", "not an object"),
+            (br#"{"v":2,"id":"a","kind":"k","queue":"q"}"#, "version Some(Number(2))"),
+            (br#"{"id":"a","kind":"k","queue":"q"}"#, "version None"),
+            (br#"{"v":1,"kind":"k","queue":"q"}"#, "`id` is invalid: is missing"),
+            (br#"{"v":1,"id":"a","kind":"","queue":"q"}"#, "`kind` is invalid: must not be empty"),
+            (br#"{"v":1,"id":"a","kind":7,"queue":"q"}"#, "`kind` is invalid: must be a string"),
+            (br#"{"v":1,"id":"a","kind":"k","queue":"q"}"#, "`enqueued_at`"),
+            (
+                br#"{"v":1,"id":"a","kind":"k","queue":"q","enqueued_at":"yesterday"}"#,
+                "input contains invalid characters",
+            ),
+        ];
+        for (body, want) in cases {
+            let err = Envelope::parse(body).unwrap_err().to_string();
+            assert!(err.contains(want), "{:?}: {err}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn failure_history_and_replay() {
+        let mut env = Envelope::new("k", "q", json!({})).with_max_attempts(2);
+        env.record_failure("one", "w1");
+        assert!(!env.attempts_exhausted());
+        env.record_failure("two", "w2");
+        assert!(env.attempts_exhausted());
+        assert_eq!(env.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1, 2]);
+        let replay = env.for_replay();
+        assert_eq!(replay.attempt, 0);
+        assert_eq!(replay.errors.len(), 2);
+        assert_eq!(replay.id, env.id);
+    }
+}

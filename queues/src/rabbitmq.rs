@@ -1,0 +1,14 @@
+//! rabbitmq backend (being built; see issue 2).
+
+use crate::config::BrokerConfig;
+use crate::error::{QueueError, Result};
+
+/// Placeholder until the backend lands.
+pub struct RabbitBroker;
+
+impl RabbitBroker {
+    /// Not implemented yet.
+    pub async fn connect(_cfg: &BrokerConfig) -> Result<crate::memory::MemoryBroker> {
+        Err(QueueError::Unsupported { backend: "rabbitmq", what: "this backend (not built yet)" })
+    }
+}

@@ -1,0 +1,24 @@
+//! The in-memory backend against the suite: the reference for the semantics.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use queues::Broker;
+use queues::conformance::Harness;
+use queues::memory::MemoryBroker;
+
+struct Memory(MemoryBroker);
+
+#[async_trait]
+impl Harness for Memory {
+    async fn connect(&self) -> anyhow::Result<Arc<dyn Broker>> {
+        Ok(Arc::new(self.0.clone()))
+    }
+
+    async fn native_send(&self, queue: &str, body: &str) -> anyhow::Result<()> {
+        self.0.push_raw(queue, body.as_bytes());
+        Ok(())
+    }
+}
+
+queues::conformance_suite!(Memory(MemoryBroker::new()));

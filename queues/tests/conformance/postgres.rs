@@ -1,0 +1,1 @@
+//! postgres harness: not built yet.

@@ -1,0 +1,1 @@
+//! rabbitmq harness: not built yet.

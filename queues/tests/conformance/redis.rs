@@ -1,0 +1,1 @@
+//! redis harness: not built yet.

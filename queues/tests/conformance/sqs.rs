@@ -1,0 +1,1 @@
+//! sqs harness: not built yet.

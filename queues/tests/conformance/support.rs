@@ -1,0 +1,47 @@
+//! Helpers the backend harnesses share: running a native client and reading service URLs.
+
+use std::process::Stdio;
+
+use anyhow::{Context, bail};
+
+/// URL of a local service: `$VAR` when set, else the default.
+pub fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Runs `program args…`, feeding `stdin`, and fails with its stderr when it exits non-zero.
+pub async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program} (run scripts/services.sh up to install it)"))?;
+    let mut pipe = child.stdin.take().context("stdin")?;
+    if let Some(input) = stdin {
+        pipe.write_all(input.as_bytes()).await?;
+    }
+    drop(pipe);
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The Python of the project's virtualenv (boto3, pika), made by `scripts/services.sh up`.
+pub fn python() -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let venv = format!("{root}/.venv/bin/python");
+    if std::path::Path::new(&venv).exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Checks the services jobfleet's tests and quick start need on localhost and starts (installing
+# first, when missing) whatever is not up: PostgreSQL :5432, Redis :6379, RabbitMQ :5672, and the
+# moto SQS/CloudWatch endpoint :5000 (in the project's .venv, with boto3, pika and cfn-lint).
+# Idempotent and quiet when everything is already up.
+#
+#   scripts/services.sh up       # check, install, start (default)
+#   scripts/services.sh status   # only report
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+STATE="$ROOT/.services"
+MOTO_PORT="${JOBFLEET_MOTO_PORT:-5000}"
+# Pinned so every machine tests against the same fake AWS.
+PY_PKGS=("moto[server]==5.2.1" "boto3==1.43.11" "pika==1.3.2" "cfn-lint==1.51.0")
+APT_UPDATED=0
+
+say() { [ "${QUIET:-1}" = 1 ] && [ "${1:-}" = "-q" ] && return 0; shift || true; echo "services: $*" >&2; }
+note() { echo "services: $*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds name
+  local i
+  for ((i = 0; i < $2 * 4; i++)); do port_open "$1" && return 0; sleep 0.25; done
+  note "$3 did not come up on :$1 within $2 s"; return 1
+}
+
+apt_install() {
+  if [ "$APT_UPDATED" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  note "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+need_cmd() { # command apt-package
+  command -v "$1" >/dev/null 2>&1 || apt_install "$2"
+}
+
+postgres_up() {
+  port_open 5432 && return 0
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then apt_install postgresql; fi
+  note "starting PostgreSQL"
+  local ver; ver=$(ls /etc/postgresql | sort -V | tail -1)
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  wait_port 5432 30 PostgreSQL
+  # The tests and the quick start use trust auth on 127.0.0.1, as on the dev machines.
+  su postgres -c "psql -qtAc \"select 1 from pg_database where datname='test'\"" | grep -q 1 \
+    || su postgres -c "createdb test" || true
+}
+
+redis_up() {
+  need_cmd redis-cli redis-tools
+  redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return 0
+  need_cmd redis-server redis-server
+  note "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  wait_port 6379 20 Redis
+}
+
+rabbitmq_up() {
+  port_open 5672 && return 0
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  note "starting RabbitMQ (this takes a few seconds)"
+  rabbitmq-server -detached || true
+  wait_port 5672 90 RabbitMQ
+}
+
+venv_up() {
+  local stamp="$VENV/.jobfleet-pkgs"
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${PY_PKGS[*]}" ]; then
+    return 0
+  fi
+  note "creating $VENV with ${PY_PKGS[*]}"
+  python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV"; }
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PKGS[@]}"
+  echo "${PY_PKGS[*]}" >"$stamp"
+}
+
+moto_up() {
+  venv_up
+  port_open "$MOTO_PORT" && return 0
+  mkdir -p "$STATE"
+  note "starting moto (SQS + CloudWatch) on :$MOTO_PORT"
+  nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$STATE/moto.log" 2>&1 &
+  echo $! >"$STATE/moto.pid"
+  wait_port "$MOTO_PORT" 30 moto
+}
+
+clients_up() {
+  need_cmd psql postgresql-client
+  need_cmd redis-cli redis-tools
+}
+
+status() {
+  local ok=0
+  port_open 5432 && echo "postgres  up   127.0.0.1:5432" || { echo "postgres  DOWN 127.0.0.1:5432"; ok=1; }
+  port_open 6379 && echo "redis     up   127.0.0.1:6379" || { echo "redis     DOWN 127.0.0.1:6379"; ok=1; }
+  port_open 5672 && echo "rabbitmq  up   127.0.0.1:5672" || { echo "rabbitmq  DOWN 127.0.0.1:5672"; ok=1; }
+  port_open "$MOTO_PORT" && echo "moto      up   127.0.0.1:$MOTO_PORT" || { echo "moto      DOWN 127.0.0.1:$MOTO_PORT"; ok=1; }
+  return $ok
+}
+
+case "${1:-up}" in
+  up)
+    clients_up
+    postgres_up
+    redis_up
+    rabbitmq_up
+    moto_up
+    ;;
+  status) status ;;
+  *) echo "usage: $0 [up|status]" >&2; exit 2 ;;
+esac
