@@ -144,10 +144,8 @@ impl Registry {
 
     /// Adds (or replaces) a kind.
     pub fn register(&mut self, handler: Arc<dyn Handler>, policy: RetryPolicy) -> &mut Self {
-        self.kinds.insert(
-            handler.kind().to_owned(),
-            Registered { handler, policy },
-        );
+        self.kinds
+            .insert(handler.kind().to_owned(), Registered { handler, policy });
         self
     }
 

@@ -157,8 +157,8 @@ mod tests {
 
     #[test]
     fn parses_and_rejects_unknown_keys() {
-        let cfg: BrokerConfig = toml::from_str("backend = \"redis\"\nurl = \"redis://h:1\"")
-            .expect("valid");
+        let cfg: BrokerConfig =
+            toml::from_str("backend = \"redis\"\nurl = \"redis://h:1\"").expect("valid");
         assert_eq!(cfg.backend, BackendKind::Redis);
         assert_eq!(cfg.namespace, "jobfleet");
         let err = toml::from_str::<BrokerConfig>("backend = \"redis\"\nurll = \"x\"")

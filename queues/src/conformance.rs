@@ -94,7 +94,11 @@ fn job(queue: &str, n: u64) -> Envelope {
     Envelope::new("conformance", queue, json!({ "n": n }))
 }
 
-async fn declared(h: &dyn Harness, prefix: &str, vis: Duration) -> anyhow::Result<(Arc<dyn Broker>, String)> {
+async fn declared(
+    h: &dyn Harness,
+    prefix: &str,
+    vis: Duration,
+) -> anyhow::Result<(Arc<dyn Broker>, String)> {
     let b = h.connect().await?;
     let q = unique_queue(prefix);
     b.declare(&QueueSpec::new(&q).with_visibility(vis)).await?;
@@ -210,17 +214,33 @@ async fn fill_dlq(
 /// Case: one job goes in, comes out equal, and is gone after ack; depth follows each step.
 pub async fn send_receive_ack(h: &dyn Harness) -> anyhow::Result<()> {
     let (b, q) = declared(h, "basic", Duration::from_secs(30)).await?;
-    depth_until(&*b, &q, "empty", |d| d.backlog() == 0 && d.dead_lettered == 0).await?;
+    depth_until(&*b, &q, "empty", |d| {
+        d.backlog() == 0 && d.dead_lettered == 0
+    })
+    .await?;
     let sent = job(&q, 1);
     b.send(&sent).await?;
     depth_until(&*b, &q, "1 visible", |d| d.visible == 1 && d.in_flight == 0).await?;
     let got = receive_n(&*b, &q, 1, Duration::from_secs(10)).await?;
     let msg = got[0].message();
-    ensure!(msg.envelope().map_err(|e| anyhow!("{e}"))? == &sent, "envelope changed in transit");
-    ensure!(msg.receive_count() == 1, "first delivery has receive_count {}", msg.receive_count());
-    depth_until(&*b, &q, "1 in flight", |d| d.visible == 0 && d.in_flight == 1).await?;
+    ensure!(
+        msg.envelope().map_err(|e| anyhow!("{e}"))? == &sent,
+        "envelope changed in transit"
+    );
+    ensure!(
+        msg.receive_count() == 1,
+        "first delivery has receive_count {}",
+        msg.receive_count()
+    );
+    depth_until(&*b, &q, "1 in flight", |d| {
+        d.visible == 0 && d.in_flight == 1
+    })
+    .await?;
     got[0].ack().await?;
-    depth_until(&*b, &q, "empty after ack", |d| d.backlog() == 0 && d.delayed == 0).await?;
+    depth_until(&*b, &q, "empty after ack", |d| {
+        d.backlog() == 0 && d.delayed == 0
+    })
+    .await?;
     expect_empty(&*b, &q, Duration::from_millis(500)).await
 }
 
@@ -300,7 +320,11 @@ pub async fn visibility_expiry_redelivers(h: &dyn Harness) -> anyhow::Result<()>
     let again = receive_n(&*b, &q, 1, vis * 5 + Duration::from_secs(10)).await?;
     let m = again[0].message();
     ensure!(m.id() == sent.id, "a different message came back");
-    ensure!(m.receive_count() == 2, "redelivery has receive_count {}", m.receive_count());
+    ensure!(
+        m.receive_count() == 2,
+        "redelivery has receive_count {}",
+        m.receive_count()
+    );
     again[0].ack().await?;
     expect_empty(&*b, &q, vis + Duration::from_secs(1)).await
 }
@@ -325,7 +349,11 @@ pub async fn retry_rewrites_envelope(h: &dyn Harness) -> anyhow::Result<()> {
     let (b, q) = declared(h, "retry", Duration::from_secs(30)).await?;
     b.send(&job(&q, 1)).await?;
     let d = receive_n(&*b, &q, 1, Duration::from_secs(10)).await?;
-    let mut env = d[0].message().envelope().map_err(|e| anyhow!("{e}"))?.clone();
+    let mut env = d[0]
+        .message()
+        .envelope()
+        .map_err(|e| anyhow!("{e}"))?
+        .clone();
     env.record_failure("first failure", "conformance-worker");
     d[0].retry(&env, Duration::from_secs(1)).await?;
     depth_until(&*b, &q, "1 delayed or visible", |d| {
@@ -334,7 +362,10 @@ pub async fn retry_rewrites_envelope(h: &dyn Harness) -> anyhow::Result<()> {
     .await?;
     let again = receive_n(&*b, &q, 1, Duration::from_secs(15)).await?;
     let got = again[0].message().envelope().map_err(|e| anyhow!("{e}"))?;
-    ensure!(got.id == env.id && got.attempt == 1, "attempt not recorded: {got:?}");
+    ensure!(
+        got.id == env.id && got.attempt == 1,
+        "attempt not recorded: {got:?}"
+    );
     ensure!(got.errors.len() == 1 && got.errors[0].error == "first failure");
     again[0].ack().await?;
     depth_until(&*b, &q, "empty", |d| d.backlog() + d.delayed == 0).await?;
@@ -382,7 +413,12 @@ pub async fn competing_consumers_never_share(h: &dyn Harness) -> anyhow::Result<
     }
     let seen = seen.lock().unwrap();
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    ensure!(twice.is_empty(), "{} jobs delivered twice, e.g. {:?}", twice.len(), twice.first());
+    ensure!(
+        twice.is_empty(),
+        "{} jobs delivered twice, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
     let missing = envs.iter().filter(|e| !seen.contains_key(&e.id)).count();
     ensure!(missing == 0, "{missing} of 1000 jobs never delivered");
     depth_until(&*b, &q, "empty", |d| d.backlog() == 0).await?;
@@ -395,17 +431,32 @@ pub async fn dead_letter_with_reason(h: &dyn Harness) -> anyhow::Result<()> {
     let sent = job(&q, 1);
     b.send(&sent).await?;
     let d = receive_n(&*b, &q, 1, Duration::from_secs(10)).await?;
-    let mut env = d[0].message().envelope().map_err(|e| anyhow!("{e}"))?.clone();
+    let mut env = d[0]
+        .message()
+        .envelope()
+        .map_err(|e| anyhow!("{e}"))?
+        .clone();
     env.record_failure("handler said no", "conformance-worker");
-    d[0].dead_letter(Some(&env), "permanent: handler said no").await?;
-    depth_until(&*b, &q, "1 dead", |d| d.dead_lettered == 1 && d.backlog() == 0).await?;
+    d[0].dead_letter(Some(&env), "permanent: handler said no")
+        .await?;
+    depth_until(&*b, &q, "1 dead", |d| {
+        d.dead_lettered == 1 && d.backlog() == 0
+    })
+    .await?;
     let entries = dlq_until(&*b, &q, 1).await?;
     let e = &entries[0];
     ensure!(e.id == sent.id && e.queue == q, "entry {e:?}");
-    ensure!(e.reason == "permanent: handler said no", "reason {:?}", e.reason);
+    ensure!(
+        e.reason == "permanent: handler said no",
+        "reason {:?}",
+        e.reason
+    );
     let got = e.envelope.as_ref().context("entry lost its envelope")?;
     ensure!(got.errors.len() == 1 && got.errors[0].error == "handler said no");
-    let by_id = b.dlq_get(&q, &sent.id).await?.context("dlq_get found nothing")?;
+    let by_id = b
+        .dlq_get(&q, &sent.id)
+        .await?
+        .context("dlq_get found nothing")?;
     ensure!(by_id.reason == e.reason);
     ensure!(b.dlq_get(&q, "no-such-id").await?.is_none());
     expect_empty(&*b, &q, Duration::from_millis(500)).await
@@ -431,9 +482,17 @@ pub async fn dlq_list_pages_with_cursor(h: &dyn Harness) -> anyhow::Result<()> {
         ensure!(pages < 10, "cursor never ends");
     }
     let unique: HashSet<_> = ids.iter().cloned().collect();
-    ensure!(ids.len() == 25 && unique.len() == 25, "listed {} ({} unique)", ids.len(), unique.len());
+    ensure!(
+        ids.len() == 25 && unique.len() == 25,
+        "listed {} ({} unique)",
+        ids.len(),
+        unique.len()
+    );
     ensure!(envs.iter().all(|e| unique.contains(&e.id)));
-    ensure!((3..=4).contains(&pages), "{pages} pages for 25 entries at 10 a page");
+    ensure!(
+        (3..=4).contains(&pages),
+        "{pages} pages for 25 entries at 10 a page"
+    );
     Ok(())
 }
 
@@ -449,7 +508,11 @@ pub async fn dlq_replay_and_purge_with_filters(h: &dyn Harness) -> anyhow::Resul
     fill_dlq(&*b, &q, 6, |i| {
         let kind = if i < 3 { "a" } else { "b" };
         let mut e = Envelope::new(kind, &q, json!({ "n": i }));
-        let (err, fails) = if i < 3 { ("timeout after 30s", 2) } else { ("bad payload", 1) };
+        let (err, fails) = if i < 3 {
+            ("timeout after 30s", 2)
+        } else {
+            ("bad payload", 1)
+        };
         for _ in 0..fails {
             e.record_failure(err, "w");
         }
@@ -458,8 +521,14 @@ pub async fn dlq_replay_and_purge_with_filters(h: &dyn Harness) -> anyhow::Resul
     .await?;
     dlq_until(&*b, &q, 6).await?;
 
-    let kind_a = DlqFilter { kind: Some("a".into()), ..Default::default() };
-    let dry = ScanOptions { dry_run: true, ..opts.clone() };
+    let kind_a = DlqFilter {
+        kind: Some("a".into()),
+        ..Default::default()
+    };
+    let dry = ScanOptions {
+        dry_run: true,
+        ..opts.clone()
+    };
     let r = dlq::replay(&*b, &q, &kind_a, &dry, &mut NoObserver).await?;
     ensure!(r.matched == 3 && r.done == 0, "dry run {r:?}");
     dlq_until(&*b, &q, 6).await?;
@@ -471,7 +540,10 @@ pub async fn dlq_replay_and_purge_with_filters(h: &dyn Harness) -> anyhow::Resul
     let r = dlq::replay(&*b, &q, &future, &opts, &mut NoObserver).await?;
     ensure!(r.matched == 0, "time filter matched {r:?}");
 
-    let limited = ScanOptions { limit: Some(1), ..opts.clone() };
+    let limited = ScanOptions {
+        limit: Some(1),
+        ..opts.clone()
+    };
     let r = dlq::replay(&*b, &q, &kind_a, &limited, &mut NoObserver).await?;
     ensure!(r.matched == 1 && r.done == 1, "limit 1: {r:?}");
     let r = dlq::replay(&*b, &q, &kind_a, &opts, &mut NoObserver).await?;
@@ -484,7 +556,10 @@ pub async fn dlq_replay_and_purge_with_filters(h: &dyn Harness) -> anyhow::Resul
         d.ack().await?;
     }
     let left = dlq_until(&*b, &q, 3).await?;
-    ensure!(left.iter().all(|e| e.envelope.as_ref().is_some_and(|e| e.kind == "b")));
+    ensure!(
+        left.iter()
+            .all(|e| e.envelope.as_ref().is_some_and(|e| e.kind == "b"))
+    );
 
     let no_match = DlqFilter {
         error: Some(regex::Regex::new("timeout")?),
@@ -492,7 +567,10 @@ pub async fn dlq_replay_and_purge_with_filters(h: &dyn Harness) -> anyhow::Resul
     };
     let r = dlq::purge(&*b, &q, &no_match, &opts, &mut NoObserver).await?;
     ensure!(r.matched == 0, "purge by error matched {r:?}");
-    let min2 = DlqFilter { min_attempts: Some(2), ..Default::default() };
+    let min2 = DlqFilter {
+        min_attempts: Some(2),
+        ..Default::default()
+    };
     let r = dlq::purge(&*b, &q, &min2, &opts, &mut NoObserver).await?;
     ensure!(r.matched == 0, "min_attempts 2 matched {r:?}");
     let bad = DlqFilter {
@@ -534,7 +612,11 @@ pub async fn replay_interrupted_loses_nothing(h: &dyn Harness) -> anyhow::Result
     // A second process (new connection) finds the rest once the dead one's hold lapses.
     let b2 = h.connect().await?;
     tokio::time::sleep(opts.hold + Duration::from_millis(500)).await;
-    let in_dlq: HashSet<String> = dlq_until(&*b2, &q, 5).await?.into_iter().map(|e| e.id).collect();
+    let in_dlq: HashSet<String> = dlq_until(&*b2, &q, 5)
+        .await?
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
     let back = receive_n(&*b2, &q, 8, Duration::from_secs(20)).await?;
     let mut in_queue = HashSet::new();
     for d in &back {
@@ -556,7 +638,10 @@ pub async fn replay_interrupted_loses_nothing(h: &dyn Harness) -> anyhow::Result
         in_queue.insert(d.message().id().to_owned());
         d.ack().await?;
     }
-    ensure!(envs.iter().all(|e| in_queue.contains(&e.id)), "a job never came back");
+    ensure!(
+        envs.iter().all(|e| in_queue.contains(&e.id)),
+        "a job never came back"
+    );
     Ok(())
 }
 
@@ -565,19 +650,42 @@ pub async fn unknown_fields_survive_dlq_and_replay(h: &dyn Harness) -> anyhow::R
     let (b, q) = declared(h, "fwd", Duration::from_secs(30)).await?;
     let mut sent = job(&q, 1);
     sent.extra.insert("tenant".into(), json!("acme"));
-    sent.extra.insert("trace".into(), json!({"span": [1, 2, 3], "sampled": true}));
+    sent.extra
+        .insert("trace".into(), json!({"span": [1, 2, 3], "sampled": true}));
     b.send(&sent).await?;
     let d = receive_n(&*b, &q, 1, Duration::from_secs(10)).await?;
-    let env = d[0].message().envelope().map_err(|e| anyhow!("{e}"))?.clone();
-    ensure!(env.extra == sent.extra, "lost fields on receive: {:?}", env.extra);
+    let env = d[0]
+        .message()
+        .envelope()
+        .map_err(|e| anyhow!("{e}"))?
+        .clone();
+    ensure!(
+        env.extra == sent.extra,
+        "lost fields on receive: {:?}",
+        env.extra
+    );
     d[0].dead_letter(Some(&env), "test").await?;
     let entries = dlq_until(&*b, &q, 1).await?;
     let raw: Value = serde_json::from_str(&entries[0].body)?;
-    ensure!(raw["trace"]["span"] == json!([1, 2, 3]), "DLQ body lost fields: {raw}");
-    dlq::replay(&*b, &q, &DlqFilter::default(), &ScanOptions::default(), &mut NoObserver).await?;
+    ensure!(
+        raw["trace"]["span"] == json!([1, 2, 3]),
+        "DLQ body lost fields: {raw}"
+    );
+    dlq::replay(
+        &*b,
+        &q,
+        &DlqFilter::default(),
+        &ScanOptions::default(),
+        &mut NoObserver,
+    )
+    .await?;
     let back = receive_n(&*b, &q, 1, Duration::from_secs(10)).await?;
     let env = back[0].message().envelope().map_err(|e| anyhow!("{e}"))?;
-    ensure!(env.extra == sent.extra, "lost fields on replay: {:?}", env.extra);
+    ensure!(
+        env.extra == sent.extra,
+        "lost fields on replay: {:?}",
+        env.extra
+    );
     back[0].ack().await?;
     Ok(())
 }
@@ -610,7 +718,11 @@ pub async fn malformed_bodies_are_dead_lettered(h: &dyn Harness) -> anyhow::Resu
             }
         }
     }
-    ensure!(reasons.len() == 3, "{} bodies failed to parse, expected 3", reasons.len());
+    ensure!(
+        reasons.len() == 3,
+        "{} bodies failed to parse, expected 3",
+        reasons.len()
+    );
     let entries = dlq_until(&*b, &q, 3).await?;
     for body in &bodies {
         let e = entries
@@ -618,16 +730,31 @@ pub async fn malformed_bodies_are_dead_lettered(h: &dyn Harness) -> anyhow::Resu
             .find(|e| &e.body == body)
             .with_context(|| format!("body {body:?} not in the DLQ as it came"))?;
         ensure!(e.envelope.is_none() && !e.reason.is_empty());
-        ensure!(b.dlq_get(&q, &e.id).await?.is_some(), "dlq_get by broker id");
+        ensure!(
+            b.dlq_get(&q, &e.id).await?.is_some(),
+            "dlq_get by broker id"
+        );
     }
     let all: String = entries.iter().map(|e| e.reason.as_str()).collect();
     ensure!(all.contains("not valid JSON") && all.contains("version") && all.contains("`id`"));
     // Replay skips them (nothing to run) and leaves them for purge.
-    let r = dlq::replay(&*b, &q, &DlqFilter::default(), &ScanOptions::default(), &mut NoObserver)
-        .await?;
+    let r = dlq::replay(
+        &*b,
+        &q,
+        &DlqFilter::default(),
+        &ScanOptions::default(),
+        &mut NoObserver,
+    )
+    .await?;
     ensure!(r.skipped == 3 && r.done == 0, "replay of junk {r:?}");
-    let r = dlq::purge(&*b, &q, &DlqFilter::default(), &ScanOptions::default(), &mut NoObserver)
-        .await?;
+    let r = dlq::purge(
+        &*b,
+        &q,
+        &DlqFilter::default(),
+        &ScanOptions::default(),
+        &mut NoObserver,
+    )
+    .await?;
     ensure!(r.done == 3, "purge of junk {r:?}");
     expect_empty(&*b, &q, Duration::from_millis(500)).await
 }
@@ -667,7 +794,10 @@ pub async fn long_poll_wakes_on_send(h: &dyn Harness) -> anyhow::Result<()> {
     b.send(&job(&q, 1)).await?;
     let (got, waited) = rx.await??;
     ensure!(got.len() == 1, "long poll returned {} messages", got.len());
-    ensure!(waited < Duration::from_secs(5), "long poll took {waited:?} to see a message");
+    ensure!(
+        waited < Duration::from_secs(5),
+        "long poll took {waited:?} to see a message"
+    );
     got[0].ack().await?;
     Ok(())
 }
@@ -696,6 +826,9 @@ pub async fn unreachable_broker_names_url(h: &dyn Harness) -> anyhow::Result<()>
         "expected Unavailable, got {err:?}"
     );
     let text = err.to_string();
-    ensure!(text.contains("unreachable"), "error does not say unreachable: {text}");
+    ensure!(
+        text.contains("unreachable"),
+        "error does not say unreachable: {text}"
+    );
     Ok(())
 }

@@ -323,7 +323,10 @@ mod tests {
             ..Default::default()
         };
         assert!(!past.matches(&a));
-        assert!(!past.matches(&junk), "no timestamp at all: a time filter can't match");
+        assert!(
+            !past.matches(&junk),
+            "no timestamp at all: a time filter can't match"
+        );
         assert_eq!(by_kind.describe(), "kind=a");
         assert_eq!(DlqFilter::default().describe(), "all");
     }

@@ -245,12 +245,27 @@ mod tests {
         let cases: &[(&[u8], &str)] = &[
             (b"not json", "not valid JSON"),
             (b"[1,2]", "not an object"),
-            (br#"{"v":2,"id":"a","kind":"k","queue":"q"}"#, "version Some(Number(2))"),
+            (
+                br#"{"v":2,"id":"a","kind":"k","queue":"q"}"#,
+                "version Some(Number(2))",
+            ),
             (br#"{"id":"a","kind":"k","queue":"q"}"#, "version None"),
-            (br#"{"v":1,"kind":"k","queue":"q"}"#, "`id` is invalid: is missing"),
-            (br#"{"v":1,"id":"a","kind":"","queue":"q"}"#, "`kind` is invalid: must not be empty"),
-            (br#"{"v":1,"id":"a","kind":7,"queue":"q"}"#, "`kind` is invalid: must be a string"),
-            (br#"{"v":1,"id":"a","kind":"k","queue":"q"}"#, "`enqueued_at`"),
+            (
+                br#"{"v":1,"kind":"k","queue":"q"}"#,
+                "`id` is invalid: is missing",
+            ),
+            (
+                br#"{"v":1,"id":"a","kind":"","queue":"q"}"#,
+                "`kind` is invalid: must not be empty",
+            ),
+            (
+                br#"{"v":1,"id":"a","kind":7,"queue":"q"}"#,
+                "`kind` is invalid: must be a string",
+            ),
+            (
+                br#"{"v":1,"id":"a","kind":"k","queue":"q"}"#,
+                "`enqueued_at`",
+            ),
             (
                 br#"{"v":1,"id":"a","kind":"k","queue":"q","enqueued_at":"yesterday"}"#,
                 "input contains invalid characters",
@@ -258,7 +273,11 @@ mod tests {
         ];
         for (body, want) in cases {
             let err = Envelope::parse(body).unwrap_err().to_string();
-            assert!(err.contains(want), "{:?}: {err}", String::from_utf8_lossy(body));
+            assert!(
+                err.contains(want),
+                "{:?}: {err}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
@@ -269,7 +288,10 @@ mod tests {
         assert!(!env.attempts_exhausted());
         env.record_failure("two", "w2");
         assert!(env.attempts_exhausted());
-        assert_eq!(env.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            env.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+            [1, 2]
+        );
         let replay = env.for_replay();
         assert_eq!(replay.attempt, 0);
         assert_eq!(replay.errors.len(), 2);

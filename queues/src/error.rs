@@ -23,7 +23,9 @@ pub enum QueueError {
         source: BoxError,
     },
     /// The named queue does not exist on the broker.
-    #[error("{backend}: queue `{queue}` does not exist (check the name, or run the worker once to declare it)")]
+    #[error(
+        "{backend}: queue `{queue}` does not exist (check the name, or run the worker once to declare it)"
+    )]
     QueueNotFound {
         backend: &'static str,
         queue: String,
@@ -66,7 +68,11 @@ impl QueueError {
     }
 
     /// Wraps a connection error, naming the URL with its password hidden.
-    pub fn unavailable(backend: &'static str, url: &str, source: impl Into<BoxError>) -> QueueError {
+    pub fn unavailable(
+        backend: &'static str,
+        url: &str,
+        source: impl Into<BoxError>,
+    ) -> QueueError {
         QueueError::Unavailable {
             backend,
             url: redact_url(url),
@@ -123,7 +129,10 @@ mod tests {
             redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 
     #[test]

@@ -31,8 +31,8 @@ pub mod sqs;
 pub mod conformance;
 
 pub use broker::{
-    Broker, Consumer, DeadLetters, Delivery, Depth, DlqEntry, DlqPage, DlqScan, Inspector,
-    Message, Producer, QueueSpec,
+    Broker, Consumer, DeadLetters, Delivery, Depth, DlqEntry, DlqPage, DlqScan, Inspector, Message,
+    Producer, QueueSpec,
 };
 pub use config::{BackendKind, BrokerConfig, connect, validate_queue_name};
 pub use envelope::{Envelope, EnvelopeError, ErrorRecord};

@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Broker, Consumer, DEFAULT_VISIBILITY, DeadLetters, Delivery, Depth, DlqEntry, DlqPage,
-    DlqScan, Inspector, Message, Producer, QueueSpec,
+    Broker, Consumer, DEFAULT_VISIBILITY, DeadLetters, Delivery, Depth, DlqEntry, DlqPage, DlqScan,
+    Inspector, Message, Producer, QueueSpec,
 };
 use crate::envelope::Envelope;
 use crate::error::{QueueError, Result};

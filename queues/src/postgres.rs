@@ -9,6 +9,9 @@ pub struct PgBroker;
 impl PgBroker {
     /// Not implemented yet.
     pub async fn connect(_cfg: &BrokerConfig) -> Result<crate::memory::MemoryBroker> {
-        Err(QueueError::Unsupported { backend: "postgres", what: "this backend (not built yet)" })
+        Err(QueueError::Unsupported {
+            backend: "postgres",
+            what: "this backend (not built yet)",
+        })
     }
 }

@@ -9,6 +9,9 @@ pub struct RabbitBroker;
 impl RabbitBroker {
     /// Not implemented yet.
     pub async fn connect(_cfg: &BrokerConfig) -> Result<crate::memory::MemoryBroker> {
-        Err(QueueError::Unsupported { backend: "rabbitmq", what: "this backend (not built yet)" })
+        Err(QueueError::Unsupported {
+            backend: "rabbitmq",
+            what: "this backend (not built yet)",
+        })
     }
 }

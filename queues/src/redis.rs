@@ -9,6 +9,9 @@ pub struct RedisBroker;
 impl RedisBroker {
     /// Not implemented yet.
     pub async fn connect(_cfg: &BrokerConfig) -> Result<crate::memory::MemoryBroker> {
-        Err(QueueError::Unsupported { backend: "redis", what: "this backend (not built yet)" })
+        Err(QueueError::Unsupported {
+            backend: "redis",
+            what: "this backend (not built yet)",
+        })
     }
 }

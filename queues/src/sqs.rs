@@ -9,6 +9,9 @@ pub struct SqsBroker;
 impl SqsBroker {
     /// Not implemented yet.
     pub async fn connect(_cfg: &BrokerConfig) -> Result<crate::memory::MemoryBroker> {
-        Err(QueueError::Unsupported { backend: "sqs", what: "this backend (not built yet)" })
+        Err(QueueError::Unsupported {
+            backend: "sqs",
+            what: "this backend (not built yet)",
+        })
     }
 }

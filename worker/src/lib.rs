@@ -1,1 +1,8 @@
-//! placeholder
+//! The jobfleet worker: prioritized pools whose concurrency follows queue depth, retries with
+//! backoff, dead-lettering, graceful drain, metrics and admin HTTP, and the operator CLI.
+
+pub mod admin;
+pub mod config;
+pub mod telemetry;
+
+pub use config::Config;

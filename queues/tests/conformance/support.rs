@@ -18,7 +18,9 @@ pub async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::R
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {program} (run scripts/services.sh up to install it)"))?;
+        .with_context(|| {
+            format!("starting {program} (run scripts/services.sh up to install it)")
+        })?;
     let mut pipe = child.stdin.take().context("stdin")?;
     if let Some(input) = stdin {
         pipe.write_all(input.as_bytes()).await?;
