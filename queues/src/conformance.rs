@@ -411,7 +411,7 @@ pub async fn competing_consumers_never_share(h: &dyn Harness) -> anyhow::Result<
     for t in tasks {
         t.await??;
     }
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     ensure!(
         twice.is_empty(),

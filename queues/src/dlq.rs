@@ -35,10 +35,10 @@ impl DlqFilter {
     /// Whether `e` passes every condition set. A malformed body (no envelope) passes only filters
     /// that don't look inside the envelope.
     pub fn matches(&self, e: &DlqEntry) -> bool {
-        if let Some(kind) = &self.kind {
-            if e.envelope.as_ref().map(|env| &env.kind) != Some(kind) {
-                return false;
-            }
+        if let Some(kind) = &self.kind
+            && e.envelope.as_ref().map(|env| &env.kind) != Some(kind)
+        {
+            return false;
         }
         if let Some(min) = self.min_attempts {
             let failed = e.envelope.as_ref().map_or(0, |env| env.errors.len() as u32);
