@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod stats;
 pub mod telemetry;
 
 pub use config::Config;
