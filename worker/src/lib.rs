@@ -2,8 +2,16 @@
 //! backoff, dead-lettering, graceful drain, metrics and admin HTTP, and the operator CLI.
 
 pub mod admin;
+pub mod budget;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod diag;
+pub mod pool;
+pub mod runner;
 pub mod stats;
 pub mod telemetry;
+pub mod worker;
 
 pub use config::Config;
+pub use worker::{DrainReport, PoolsView, Shutdown, Worker, WorkerError};

@@ -1,0 +1,258 @@
+//! One pool per queue: a receive loop that long-polls for as many jobs as it has free slots and
+//! runs each in its own task. The slot count is set at run time by the control loop
+//! ([`Pool::resize`]); shrinking never interrupts a running job, it only stops new receives
+//! until enough jobs have finished.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use queues::{Broker, Depth};
+use tokio::sync::{Notify, watch};
+
+use crate::config::QueueConfig;
+use crate::runner::{Runner, Settled};
+use crate::stats::PoolSnapshot;
+
+/// Pause after a failed receive, so a broker outage is not hammered in a loop.
+const RECEIVE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// What all pools of a process share: the budget and the jobs running against it.
+pub struct Shared {
+    budget: usize,
+    running: AtomicUsize,
+    /// Woken when any slot frees up or any pool is resized.
+    changed: Notify,
+}
+
+impl Shared {
+    /// A budget of `budget` concurrent jobs for the whole process.
+    pub fn new(budget: usize) -> Arc<Self> {
+        Arc::new(Shared {
+            budget,
+            running: AtomicUsize::new(0),
+            changed: Notify::new(),
+        })
+    }
+}
+
+/// One queue's pool and its live figures.
+pub struct Pool {
+    /// The queue it consumes.
+    pub queue: String,
+    /// Its settings.
+    pub cfg: QueueConfig,
+    target: AtomicUsize,
+    granted: AtomicUsize,
+    running: AtomicUsize,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+    receiving: AtomicBool,
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    /// A pool holding its `min` slots until the control loop says otherwise.
+    pub fn new(queue: impl Into<String>, cfg: QueueConfig, shared: Arc<Shared>) -> Self {
+        let min = cfg.min;
+        Pool {
+            queue: queue.into(),
+            cfg,
+            target: AtomicUsize::new(min),
+            granted: AtomicUsize::new(min),
+            running: AtomicUsize::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            receiving: AtomicBool::new(false),
+            shared,
+        }
+    }
+
+    /// Sets the control loop's target and the slots the budget granted.
+    pub fn resize(&self, target: usize, granted: usize) {
+        self.target.store(target, Ordering::SeqCst);
+        let old = self.granted.swap(granted, Ordering::SeqCst);
+        let labels = [("queue", self.queue.clone())];
+        metrics::gauge!("jobfleet_pool_target", &labels).set(target as f64);
+        metrics::gauge!("jobfleet_pool_granted", &labels).set(granted as f64);
+        if granted != old {
+            tracing::debug!(queue = %self.queue, target, granted, old, "pool resized");
+            self.shared.changed.notify_waiters();
+        }
+    }
+
+    /// Publishes a depth reading as gauges.
+    pub fn record_depth(&self, d: &Depth) {
+        for (state, v) in [
+            ("visible", d.visible),
+            ("in_flight", d.in_flight),
+            ("delayed", d.delayed),
+            ("dead_lettered", d.dead_lettered),
+        ] {
+            metrics::gauge!("jobfleet_queue_depth", "queue" => self.queue.clone(), "state" => state)
+                .set(v as f64);
+        }
+        if let Some(age) = d.oldest_age {
+            metrics::gauge!("jobfleet_queue_oldest_age_seconds", "queue" => self.queue.clone())
+                .set(age.as_secs_f64());
+        }
+    }
+
+    /// Jobs running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Whether the receive loop is up (for `/readyz`).
+    pub fn is_receiving(&self) -> bool {
+        self.receiving.load(Ordering::SeqCst)
+    }
+
+    /// The pool's figures.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        PoolSnapshot {
+            queue: self.queue.clone(),
+            priority: self.cfg.priority.as_str().to_owned(),
+            target: self.target.load(Ordering::SeqCst),
+            granted: self.granted.load(Ordering::SeqCst),
+            running: self.running(),
+            succeeded: self.succeeded.load(Ordering::SeqCst),
+            failed: self.failed.load(Ordering::SeqCst),
+            dead_lettered: self.dead_lettered.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Waits until no job of this pool is running.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Slots this pool may fill now. The process-wide cap matters while another pool shrinks:
+    /// its extra jobs run on, and their slots are only given to others as they finish.
+    fn free_slots(&self) -> usize {
+        let own = self
+            .granted
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.running());
+        let process = self
+            .shared
+            .budget
+            .saturating_sub(self.shared.running.load(Ordering::SeqCst));
+        own.min(process)
+    }
+
+    /// Receives and starts jobs until `stop` turns true. A receive already under way when the
+    /// stop comes is finished, and whatever it brought is handed back at once (nack without
+    /// delay) rather than dropped: dropping it would hide those jobs for a visibility timeout.
+    /// Jobs keep running after this returns; `abort` tells them to hand back and stop.
+    pub async fn receive_loop(
+        self: Arc<Self>,
+        broker: Arc<dyn Broker>,
+        runner: Arc<Runner>,
+        receive_wait: Duration,
+        mut stop: watch::Receiver<bool>,
+        abort: watch::Receiver<bool>,
+    ) {
+        self.receiving.store(true, Ordering::SeqCst);
+        let labels = [("queue", self.queue.clone())];
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let free = self.free_slots();
+            if free == 0 {
+                let notified = self.shared.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.free_slots() == 0 {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = until_set(&mut stop) => break,
+                    }
+                }
+                continue;
+            }
+            let batch = match broker.receive(&self.queue, free, receive_wait).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "receive failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => {}
+                        _ = until_set(&mut stop) => break,
+                    }
+                    continue;
+                }
+            };
+            if *stop.borrow() {
+                for d in batch {
+                    if let Err(e) = d.nack(Duration::ZERO).await {
+                        tracing::warn!(queue = %self.queue, id = %d.message().id(), error = %e, "hand-back on shutdown failed; the job returns after its visibility timeout");
+                    }
+                }
+                break;
+            }
+            for delivery in batch {
+                self.running.fetch_add(1, Ordering::SeqCst);
+                self.shared.running.fetch_add(1, Ordering::SeqCst);
+                metrics::gauge!("jobfleet_pool_running", &labels).set(self.running() as f64);
+                let pool = self.clone();
+                let runner = runner.clone();
+                let abort = abort.clone();
+                tokio::spawn(async move {
+                    let _slot = SlotGuard(pool.clone());
+                    let settled = runner
+                        .run(&pool.queue, pool.cfg.visibility_timeout, delivery, abort)
+                        .await;
+                    pool.count(settled);
+                });
+            }
+        }
+        self.receiving.store(false, Ordering::SeqCst);
+    }
+
+    fn count(&self, s: Settled) {
+        match s {
+            Settled::Succeeded => {
+                self.succeeded.fetch_add(1, Ordering::SeqCst);
+            }
+            Settled::Retried => {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+            }
+            Settled::DeadLettered { failed } => {
+                if failed {
+                    self.failed.fetch_add(1, Ordering::SeqCst);
+                }
+                self.dead_lettered.fetch_add(1, Ordering::SeqCst);
+            }
+            Settled::HandedBack | Settled::Abandoned => {}
+        }
+    }
+}
+
+/// Frees the slot when the job's task ends, however it ends.
+struct SlotGuard(Arc<Pool>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let now = self.0.running.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.0.shared.running.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!("jobfleet_pool_running", "queue" => self.0.queue.clone()).set(now as f64);
+        self.0.shared.changed.notify_waiters();
+    }
+}
+
+/// Resolves once the flag is true (or its sender is gone). A plain future, unlike
+/// `wait_for`, whose guard is not `Send`.
+pub(crate) async fn until_set(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await.map(|_| ());
+}

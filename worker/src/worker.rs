@@ -1,0 +1,263 @@
+//! The running worker: one pool per configured queue, the control loop that sizes them, and
+//! the graceful drain an Auto Scaling scale-in relies on (stop receiving, let in-flight jobs
+//! finish within the grace period, hand the rest back, return).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobs::Registry;
+use queues::{Broker, QueueError, QueueSpec};
+use tokio::sync::watch;
+
+use crate::admin::{self, ReadyCheck};
+use crate::config::Config;
+use crate::control::control_loop;
+use crate::pool::{Pool, Shared};
+use crate::runner::{Runner, default_worker_id};
+use crate::stats::{PoolSnapshot, SnapshotSource};
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Declaring a queue failed (broker down, no permission).
+    #[error("cannot declare queue `{queue}`: {source}")]
+    Declare {
+        queue: String,
+        #[source]
+        source: QueueError,
+    },
+    /// The admin port could not be opened.
+    #[error(transparent)]
+    Admin(#[from] std::io::Error),
+}
+
+/// A handle that stops a running worker: the signal handler in the binary, a test, or an
+/// embedding application hold one.
+#[derive(Clone)]
+pub struct Shutdown {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    /// A handle not yet triggered.
+    pub fn new() -> Self {
+        Shutdown {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Starts the graceful drain. Idempotent.
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Whether the drain has started.
+    pub fn is_triggered(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// Resolves once triggered.
+    pub async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Jobs still running when the grace period ran out (handed back to the queue).
+    pub handed_back: usize,
+}
+
+/// The pools' live figures; cheap to clone, usable after [`Worker::run`] took the worker.
+#[derive(Clone)]
+pub struct PoolsView {
+    pools: Arc<Vec<Arc<Pool>>>,
+}
+
+impl SnapshotSource for PoolsView {
+    fn snapshot(&self) -> Vec<PoolSnapshot> {
+        self.pools.iter().map(|p| p.snapshot()).collect()
+    }
+}
+
+impl PoolsView {
+    /// Whether every pool's receive loop is up.
+    pub fn all_receiving(&self) -> bool {
+        self.pools.iter().all(|p| p.is_receiving())
+    }
+}
+
+/// A worker process's job machinery.
+pub struct Worker {
+    cfg: Config,
+    broker: Arc<dyn Broker>,
+    runner: Arc<Runner>,
+    pools: Arc<Vec<Arc<Pool>>>,
+}
+
+impl Worker {
+    /// Builds the pools of `cfg.queues`, running the kinds in `registry`.
+    pub fn new(cfg: Config, broker: Arc<dyn Broker>, registry: Registry) -> Self {
+        let id = cfg.worker.id.clone().unwrap_or_else(default_worker_id);
+        let shared = Shared::new(cfg.worker.budget);
+        let pools = cfg
+            .queues
+            .iter()
+            .map(|(name, q)| Arc::new(Pool::new(name.clone(), q.clone(), shared.clone())))
+            .collect();
+        Worker {
+            runner: Arc::new(Runner::new(Arc::new(registry), id)),
+            cfg,
+            broker,
+            pools: Arc::new(pools),
+        }
+    }
+
+    /// The worker id in error histories.
+    pub fn id(&self) -> &str {
+        self.runner.worker_id()
+    }
+
+    /// Live figures of the pools.
+    pub fn view(&self) -> PoolsView {
+        PoolsView {
+            pools: self.pools.clone(),
+        }
+    }
+
+    /// `/readyz`: the broker answers and every pool is receiving.
+    pub fn ready_check(&self) -> ReadyCheck {
+        let broker = self.broker.clone();
+        let view = self.view();
+        Arc::new(move || {
+            let broker = broker.clone();
+            let view = view.clone();
+            Box::pin(async move {
+                broker.ping().await.map_err(|e| e.to_string())?;
+                if !view.all_receiving() {
+                    return Err("pools are not running (starting up or draining)".into());
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Serves `/healthz`, `/readyz`, `/metrics` on `addr` until `shutdown` (plus the drain) is
+    /// over. Returns the bound address.
+    pub async fn serve_admin(
+        &self,
+        addr: SocketAddr,
+        shutdown: &Shutdown,
+    ) -> Result<SocketAddr, WorkerError> {
+        let handle = crate::telemetry::metrics_handle();
+        let s = shutdown.clone();
+        let (bound, _task) =
+            admin::serve(
+                addr,
+                handle,
+                self.ready_check(),
+                async move { s.wait().await },
+            )
+            .await?;
+        tracing::info!(%bound, "admin HTTP listening (/healthz /readyz /metrics)");
+        Ok(bound)
+    }
+
+    /// Declares the queues, runs until `shutdown` is triggered, then drains: no new receives,
+    /// in-flight jobs get `worker.shutdown_grace` to finish, the rest are handed back.
+    pub async fn run(self, shutdown: Shutdown) -> Result<DrainReport, WorkerError> {
+        for p in self.pools.iter() {
+            let spec = QueueSpec::new(p.queue.clone()).with_visibility(p.cfg.visibility_timeout);
+            self.broker
+                .declare(&spec)
+                .await
+                .map_err(|source| WorkerError::Declare {
+                    queue: p.queue.clone(),
+                    source,
+                })?;
+        }
+        let w = &self.cfg.worker;
+        let (abort_tx, abort_rx) = watch::channel(false);
+        let stop = shutdown.subscribe();
+        tracing::info!(
+            worker_id = %self.id(),
+            backend = self.broker.backend(),
+            url = %self.broker.url(),
+            queues = ?self.pools.iter().map(|p| p.queue.as_str()).collect::<Vec<_>>(),
+            budget = w.budget,
+            "worker started"
+        );
+        let control = tokio::spawn(control_loop(
+            self.broker.clone(),
+            self.pools.to_vec(),
+            w.budget,
+            w.sample_interval,
+            w.scale_down_cooldown,
+            stop.clone(),
+        ));
+        let loops: Vec<_> = self
+            .pools
+            .iter()
+            .map(|p| {
+                tokio::spawn(p.clone().receive_loop(
+                    self.broker.clone(),
+                    self.runner.clone(),
+                    w.receive_wait,
+                    stop.clone(),
+                    abort_rx.clone(),
+                ))
+            })
+            .collect();
+
+        shutdown.wait().await;
+        // The grace period counts from the signal, not from the end of the receives under way.
+        let deadline = tokio::time::Instant::now() + w.shutdown_grace;
+        let running: usize = self.pools.iter().map(|p| p.running()).sum();
+        tracing::info!(running, grace = ?w.shutdown_grace, "shutting down: no new jobs; waiting for running ones");
+        let pools = self.pools.clone();
+        let mut loops = tokio::spawn(async move {
+            for l in loops {
+                let _ = l.await;
+            }
+            let _ = control.await;
+        });
+        let mut loops_done = false;
+        let drain = async {
+            let _ = (&mut loops).await;
+            loops_done = true;
+            futures::future::join_all(pools.iter().map(|p| p.idle())).await;
+        };
+        let mut report = DrainReport::default();
+        if tokio::time::timeout_at(deadline, drain).await.is_err() {
+            report.handed_back = self.pools.iter().map(|p| p.running()).sum();
+            tracing::warn!(
+                handed_back = report.handed_back,
+                "grace period over; handing the remaining jobs back"
+            );
+            abort_tx.send_replace(true);
+            // Hand-back is one broker call per job; bound it so a dead broker can't hang exit.
+            let rest = async {
+                if !loops_done {
+                    let _ = (&mut loops).await;
+                }
+                futures::future::join_all(self.pools.iter().map(|p| p.idle())).await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), rest).await;
+        }
+        tracing::info!(handed_back = report.handed_back, "worker stopped");
+        Ok(report)
+    }
+}

@@ -1,0 +1,250 @@
+//! Shared test helpers: the brokers to run against, a fast config, test handlers, and polling.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jobs::{Handler, JobContext, JobError, Outcome, RetryPolicy};
+use queues::memory::MemoryBroker;
+use queues::{BackendKind, Broker, BrokerConfig, QueueError};
+use serde_json::Value;
+use worker::Config;
+use worker::config::{Priority, QueueConfig};
+
+/// A broker under test; `raw` is set for the memory backend (writes non-envelope bodies).
+pub struct TestBroker {
+    pub name: &'static str,
+    pub broker: Arc<dyn Broker>,
+    pub config: BrokerConfig,
+    pub raw: Option<MemoryBroker>,
+}
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The real backends, with their URLs from `JOBFLEET_TEST_<BACKEND>_URL` or the local default.
+pub fn real_configs() -> Vec<BrokerConfig> {
+    let mut sqs = BrokerConfig::new(
+        BackendKind::Sqs,
+        env_or("JOBFLEET_TEST_SQS_URL", "http://127.0.0.1:5000"),
+    );
+    sqs.region = Some("us-east-1".into());
+    [
+        BrokerConfig::new(
+            BackendKind::Postgres,
+            env_or(
+                "JOBFLEET_TEST_POSTGRES_URL",
+                "postgres://postgres@127.0.0.1:5432/test",
+            ),
+        ),
+        BrokerConfig::new(
+            BackendKind::Redis,
+            env_or("JOBFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+        ),
+        BrokerConfig::new(
+            BackendKind::Rabbitmq,
+            env_or(
+                "JOBFLEET_TEST_RABBITMQ_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+        ),
+        sqs,
+    ]
+    .into_iter()
+    .map(|mut c| {
+        // A namespace per test run, so runs never see each other's leftovers.
+        c.namespace = format!("jft{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        c
+    })
+    .collect()
+}
+
+/// Connects to every real backend that is compiled in and built. A backend still being written
+/// (connect says `Unsupported`) is skipped with a note; an unreachable service fails the test.
+pub async fn real_brokers() -> Vec<TestBroker> {
+    let mut out = Vec::new();
+    for cfg in real_configs() {
+        match queues::connect(&cfg).await {
+            Ok(broker) => out.push(TestBroker {
+                name: cfg.backend.as_str(),
+                broker,
+                config: cfg,
+                raw: None,
+            }),
+            Err(QueueError::Unsupported { .. }) => {
+                eprintln!("note: backend {} is not built yet; skipped", cfg.backend);
+            }
+            Err(e) => panic!("backend {} is not usable: {e}", cfg.backend),
+        }
+    }
+    out
+}
+
+/// The memory backend plus every real one available.
+pub async fn all_brokers() -> Vec<TestBroker> {
+    let mem = MemoryBroker::new();
+    let mut v = vec![TestBroker {
+        name: "memory",
+        broker: Arc::new(mem.clone()),
+        config: BrokerConfig::new(BackendKind::Memory, "memory://"),
+        raw: Some(mem),
+    }];
+    v.extend(real_brokers().await);
+    v
+}
+
+/// A config with one pool per `(queue, priority, min, max)`, tuned for fast tests.
+pub fn config(queues: &[(&str, Priority, usize, usize)]) -> Config {
+    let mut cfg = Config::default();
+    cfg.queues.clear();
+    cfg.routes.clear();
+    for (name, priority, min, max) in queues {
+        cfg.queues.insert(
+            (*name).to_owned(),
+            QueueConfig {
+                priority: *priority,
+                min: *min,
+                max: *max,
+                jobs_per_slot: 10,
+                visibility_timeout: Duration::from_secs(5),
+            },
+        );
+    }
+    cfg.worker.sample_interval = Duration::from_millis(200);
+    cfg.worker.receive_wait = Duration::from_millis(200);
+    cfg.worker.scale_down_cooldown = Duration::from_secs(2);
+    cfg.worker.shutdown_grace = Duration::from_secs(5);
+    cfg.worker.admin_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.worker.id = Some("test-worker".into());
+    cfg
+}
+
+/// A fast retry policy.
+pub fn fast_policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(50),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// Runs of each job id, shared by the test handlers.
+#[derive(Clone, Default)]
+pub struct Runs(Arc<Mutex<HashMap<String, usize>>>);
+
+impl Runs {
+    pub fn bump(&self, id: &str) -> usize {
+        let mut m = self.0.lock().unwrap();
+        let n = m.entry(id.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+    pub fn get(&self, id: &str) -> usize {
+        self.0.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> usize {
+        self.0.lock().unwrap().values().sum()
+    }
+}
+
+/// `flaky {"fail": N}`: fails its first N runs (per job id), then succeeds.
+pub struct Flaky(pub Runs);
+
+#[async_trait]
+impl Handler for Flaky {
+    fn kind(&self) -> &'static str {
+        "flaky"
+    }
+    fn validate(&self, p: &Value) -> Result<(), JobError> {
+        p.get("fail")
+            .and_then(Value::as_u64)
+            .map(|_| ())
+            .ok_or_else(|| JobError::bad_payload("flaky", "needs {\"fail\": N}"))
+    }
+    async fn run(&self, ctx: &JobContext, p: &Value) -> Result<Outcome, JobError> {
+        let n = self.0.bump(&ctx.job_id);
+        let fail = p["fail"].as_u64().unwrap_or(0) as usize;
+        if n <= fail {
+            Err(JobError::Retry(format!("flaky failure #{n}")))
+        } else {
+            Ok(Outcome::new("ok"))
+        }
+    }
+}
+
+/// `sleep {"ms": N}`: sleeps, counts, succeeds.
+pub struct Sleep(pub Runs);
+
+#[async_trait]
+impl Handler for Sleep {
+    fn kind(&self) -> &'static str {
+        "sleep"
+    }
+    fn validate(&self, p: &Value) -> Result<(), JobError> {
+        p.get("ms")
+            .and_then(Value::as_u64)
+            .map(|_| ())
+            .ok_or_else(|| JobError::bad_payload("sleep", "needs {\"ms\": N}"))
+    }
+    async fn run(&self, ctx: &JobContext, p: &Value) -> Result<Outcome, JobError> {
+        self.0.bump(&ctx.job_id);
+        tokio::time::sleep(Duration::from_millis(p["ms"].as_u64().unwrap_or(0))).await;
+        Ok(Outcome::new("slept"))
+    }
+}
+
+/// `panic`: panics.
+pub struct Panic;
+
+#[async_trait]
+impl Handler for Panic {
+    fn kind(&self) -> &'static str {
+        "panic"
+    }
+    fn validate(&self, _p: &Value) -> Result<(), JobError> {
+        Ok(())
+    }
+    async fn run(&self, _ctx: &JobContext, _p: &Value) -> Result<Outcome, JobError> {
+        panic!("handler blew up")
+    }
+}
+
+/// `count`: counts and succeeds at once.
+pub struct Count(pub Arc<AtomicUsize>);
+
+#[async_trait]
+impl Handler for Count {
+    fn kind(&self) -> &'static str {
+        "count"
+    }
+    fn validate(&self, _p: &Value) -> Result<(), JobError> {
+        Ok(())
+    }
+    async fn run(&self, _ctx: &JobContext, _p: &Value) -> Result<Outcome, JobError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(Outcome::default())
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
