@@ -1,0 +1,218 @@
+//! The `worker` binary as an Auto Scaling group runs it: SIGTERM drains and exits 0 with
+//! nothing lost; a SIGKILLed worker's job is redelivered and completed by another worker.
+//! These need a broker shared between processes, so they run on each real backend already
+//! built; the memory backend covers only the signal handling itself.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestBroker, real_brokers, wait_until};
+use jobs::Registry;
+use queues::conformance::unique_queue;
+use queues::{BrokerConfig, Envelope};
+use serde_json::json;
+use worker::stats::SnapshotSource;
+use worker::{Shutdown, Worker};
+
+fn write_config(
+    dir: &Path,
+    broker: &BrokerConfig,
+    queue: &str,
+    grace_s: u64,
+) -> std::path::PathBuf {
+    let mut text = format!(
+        "[broker]\nbackend = \"{}\"\nnamespace = \"{}\"\n",
+        broker.backend, broker.namespace
+    );
+    if let Some(u) = &broker.url {
+        text += &format!("url = \"{u}\"\n");
+    }
+    if let Some(r) = &broker.region {
+        text += &format!("region = \"{r}\"\n");
+    }
+    text += &format!(
+        r#"
+[worker]
+admin_addr = "127.0.0.1:0"
+sample_interval = "200ms"
+receive_wait = "200ms"
+shutdown_grace = "{grace_s}s"
+id = "proc-test"
+
+[queues.{queue}]
+min = 2
+max = 2
+visibility_timeout = "2s"
+
+[routes]
+diag_sleep = "{queue}"
+"#
+    );
+    let path = dir.join("worker.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn_worker(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("JOBFLEET_DIAGNOSTIC_KINDS", "1")
+        .env_remove("JOBFLEET_CONFIG")
+        .env_remove("JOBFLEET_BROKER_URL")
+        .env_remove("JOBFLEET_BROKER_BACKEND")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the worker binary")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+async fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("worker did not exit within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_in_flight(tb: &TestBroker, q: &str) {
+    wait_until(
+        Duration::from_secs(30),
+        "the worker took the job",
+        || async { tb.broker.depth(q).await.unwrap().in_flight == 1 },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_long_job_finish_and_exits_zero() {
+    for tb in real_brokers().await {
+        let q = unique_queue("term");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &tb.config, &q, 20);
+        let mut child = spawn_worker(&cfg);
+        let env = Envelope::new("diag_sleep", &q, json!({"ms": 3000}));
+        tb.broker.send(&env).await.unwrap();
+        wait_in_flight(&tb, &q).await;
+        signal(&child, "-TERM");
+        let status = wait_exit(&mut child, Duration::from_secs(30)).await;
+        assert!(status.success(), "{}: {status}", tb.name);
+        let d = tb.broker.depth(&q).await.unwrap();
+        assert_eq!(
+            (d.visible, d.in_flight, d.delayed, d.dead_lettered),
+            (0, 0, 0, 0),
+            "{}: the job finished and was acked",
+            tb.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_hands_back_what_outlives_the_grace() {
+    for tb in real_brokers().await {
+        let q = unique_queue("grace");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &tb.config, &q, 1);
+        let mut child = spawn_worker(&cfg);
+        tb.broker
+            .send(&Envelope::new("diag_sleep", &q, json!({"ms": 60_000})))
+            .await
+            .unwrap();
+        wait_in_flight(&tb, &q).await;
+        signal(&child, "-TERM");
+        let status = wait_exit(&mut child, Duration::from_secs(30)).await;
+        assert!(status.success(), "{}: {status}", tb.name);
+        let d = tb.broker.depth(&q).await.unwrap();
+        assert_eq!(
+            (d.visible, d.in_flight),
+            (1, 0),
+            "{}: handed back at once",
+            tb.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigkilled_workers_job_is_completed_by_another_worker() {
+    for tb in real_brokers().await {
+        let q = unique_queue("kill");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_path = write_config(dir.path(), &tb.config, &q, 20);
+        let mut child = spawn_worker(&cfg_path);
+        let env = Envelope::new("diag_sleep", &q, json!({"ms": 3000}));
+        tb.broker.send(&env).await.unwrap();
+        wait_in_flight(&tb, &q).await;
+        signal(&child, "-KILL");
+        let _ = wait_exit(&mut child, Duration::from_secs(10)).await;
+
+        // A second worker (in-process, same kinds) picks it up once the lease runs out.
+        let cfg = worker::Config::load(Some(&cfg_path)).unwrap();
+        let mut reg = Registry::new();
+        worker::diag::register(&mut reg);
+        let w = Worker::new(cfg, tb.broker.clone(), reg);
+        let view = w.view();
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(w.run(shutdown.clone()));
+        wait_until(
+            Duration::from_secs(30),
+            "the other worker completes the job",
+            || async { view.snapshot()[0].succeeded == 1 },
+        )
+        .await;
+        let d = tb.broker.depth(&q).await.unwrap();
+        assert_eq!(
+            (d.visible, d.in_flight, d.dead_lettered),
+            (0, 0, 0),
+            "{}",
+            tb.name
+        );
+        shutdown.trigger();
+        task.await.unwrap().unwrap();
+    }
+}
+
+/// The signal path and exit codes on the memory backend: an idle worker exits 0 on SIGTERM; a
+/// config error exits 2 naming the key.
+#[tokio::test]
+async fn binary_exits_zero_on_sigterm_and_reports_bad_config_with_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = BrokerConfig::new(queues::BackendKind::Memory, "memory://");
+    let cfg = write_config(dir.path(), &mem, "idle", 5);
+    let mut child = spawn_worker(&cfg);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[worker]\nbudgett = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("--config")
+        .arg(&bad)
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("budgett"), "{err}");
+}
