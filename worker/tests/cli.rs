@@ -1,0 +1,343 @@
+//! The operator CLI's library functions (what `worker queues / enqueue / dlq ...` do), on the
+//! memory backend and on every real backend already built, plus the binary's exit codes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{Count, Flaky, Runs, all_brokers, config, fast_policy, wait_until};
+use jobs::Registry;
+use queues::conformance::unique_queue;
+use queues::dlq::ScanOptions;
+use queues::{Broker, Envelope};
+use serde_json::json;
+use worker::cli::{self, DlqAction, DlqRunOptions, EnqueueArgs, FilterArgs};
+use worker::config::Priority;
+use worker::stats::SnapshotSource;
+use worker::{Shutdown, Worker};
+
+/// Puts `n` jobs of `kind` straight into the DLQ of `q` through a running worker (fail once,
+/// max_attempts 1), so each has one history entry as a real failure would leave.
+async fn fill_dlq(broker: &Arc<dyn Broker>, q: &str, kind: &str, n: usize) -> Vec<Envelope> {
+    let mut out = vec![];
+    for i in 0..n {
+        let env = Envelope::new(kind, q, json!({"fail": 1, "i": i})).with_max_attempts(1);
+        broker.send(&env).await.unwrap();
+        out.push(env);
+    }
+    out
+}
+
+#[test]
+fn times_and_filters_parse() {
+    let t = cli::parse_time("2026-11-22T10:00:00Z").unwrap();
+    assert_eq!(t.to_rfc3339(), "2026-11-22T10:00:00+00:00");
+    let ago = cli::parse_time("2h").unwrap();
+    let diff = Utc::now() - ago;
+    assert!((diff.num_seconds() - 7200).abs() < 5);
+    let err = cli::parse_time("yesterday").unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("RFC 3339"));
+    let bad = FilterArgs {
+        error: Some("(".into()),
+        ..Default::default()
+    };
+    assert_eq!(bad.parse().unwrap_err().exit_code(), 2);
+    let backwards = FilterArgs {
+        since: Some("1h".into()),
+        until: Some("2h".into()),
+        ..Default::default()
+    };
+    assert!(backwards.parse().is_err());
+}
+
+#[test]
+fn live_targets_are_read_from_prometheus_text() {
+    let text = "# TYPE jobfleet_pool_target gauge\njobfleet_pool_target{queue=\"a\"} 4\njobfleet_pool_target{queue=\"b-1\"} 12\njobfleet_pool_running{queue=\"a\"} 2\n";
+    let t = cli::parse_targets(text);
+    assert_eq!(t, BTreeMap::from([("a".into(), 4), ("b-1".into(), 12)]));
+}
+
+#[tokio::test]
+async fn enqueue_routes_validates_and_queues_shows_depth() {
+    for tb in all_brokers().await {
+        let q = unique_queue("enq");
+        let mut cfg = config(&[(&q, Priority::Critical, 1, 4)]);
+        cfg.routes.insert("count".into(), q.clone());
+        let mut reg = Registry::new();
+        reg.register(
+            Arc::new(Count(Arc::new(AtomicUsize::new(0)))),
+            fast_policy(3),
+        );
+        reg.register(Arc::new(common::Sleep(Runs::default())), fast_policy(3));
+        tb.broker
+            .declare(&queues::QueueSpec::new(q.clone()))
+            .await
+            .unwrap();
+
+        let env = cli::enqueue(
+            &*tb.broker,
+            &cfg,
+            &reg,
+            &EnqueueArgs {
+                kind: "count".into(),
+                payload: "{\"x\":1}".into(),
+                delay: Some(Duration::from_secs(60)),
+                dedup_key: Some("k1".into()),
+                max_attempts: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(env.queue, q, "queue from [routes]");
+        assert_eq!(env.max_attempts, 2);
+        assert_eq!(env.dedup_key.as_deref(), Some("k1"));
+        assert!(env.run_at.unwrap() > Utc::now() + chrono::Duration::seconds(50));
+
+        let usage = |kind: &str, payload: &str, queue: Option<&str>| EnqueueArgs {
+            kind: kind.into(),
+            payload: payload.into(),
+            queue: queue.map(Into::into),
+            ..Default::default()
+        };
+        for (args, want) in [
+            (usage("count", "{nope", None), "not JSON"),
+            (usage("sleep", "{}", None), "[routes] has no queue"),
+            (usage("sleep", "{}", Some(&q)), "payload rejected"),
+            (usage("mystery", "{}", Some(&q)), "unknown job kind"),
+            (usage("count", "{}", Some("elsewhere")), "not configured"),
+        ] {
+            let err = cli::enqueue(&*tb.broker, &cfg, &reg, &args)
+                .await
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+            assert!(err.to_string().contains(want), "{err}");
+        }
+
+        let targets = BTreeMap::from([(q.clone(), 3usize)]);
+        let rows = cli::queues(&*tb.broker, &cfg, &targets).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].delayed, rows[0].pool_target),
+            (1, Some(3)),
+            "{}",
+            tb.name
+        );
+        let table = cli::render_queues(&rows, false);
+        assert!(table.contains(&q) && table.contains("critical"), "{table}");
+        let json: serde_json::Value =
+            serde_json::from_str(&cli::render_queues(&rows, true)).unwrap();
+        assert_eq!(json[0]["delayed"], 1);
+    }
+}
+
+#[tokio::test]
+async fn dlq_list_show_replay_with_filters_dry_run_and_audit() {
+    for tb in all_brokers().await {
+        let q = unique_queue("dlqcli");
+        let cfg = config(&[(&q, Priority::Default, 2, 4)]);
+        let runs = Runs::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut reg = Registry::new();
+        reg.register(Arc::new(Flaky(runs.clone())), fast_policy(3));
+        reg.register(Arc::new(Count(done.clone())), fast_policy(3));
+        let w = Worker::new(cfg.clone(), tb.broker.clone(), reg);
+        let view = w.view();
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(w.run(shutdown.clone()));
+
+        let flaky = fill_dlq(&tb.broker, &q, "flaky", 5).await;
+        let poison = Envelope::new("count", &q, json!({}));
+        let mut unknown = poison.clone();
+        unknown.kind = "gone_kind".into();
+        tb.broker.send(&unknown).await.unwrap();
+        wait_until(
+            Duration::from_secs(20),
+            "6 entries dead-lettered",
+            || async { view.snapshot()[0].dead_lettered == 6 },
+        )
+        .await;
+
+        let all = cli::dlq_list(&*tb.broker, &cfg, &q, &Default::default(), 100)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 6);
+        let only_flaky = FilterArgs {
+            kind: Some("flaky".into()),
+            since: Some("1h".into()),
+            ..Default::default()
+        }
+        .parse()
+        .unwrap();
+        let listed = cli::dlq_list(&*tb.broker, &cfg, &q, &only_flaky, 3)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 3, "limit");
+        let table = cli::render_dlq_list(&listed, false);
+        assert!(table.contains("attempts exhausted (1/1)"), "{table}");
+
+        let shown = cli::dlq_show(&*tb.broker, &cfg, &q, &flaky[0].id)
+            .await
+            .unwrap();
+        let text = cli::render_dlq_show(&shown, false);
+        assert!(
+            text.contains("#1")
+                && text.contains("flaky failure #1")
+                && text.contains("test-worker"),
+            "{text}"
+        );
+        let missing = cli::dlq_show(&*tb.broker, &cfg, &q, "nope")
+            .await
+            .unwrap_err();
+        assert_eq!(missing.exit_code(), 1);
+
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let opts = |dry_run: bool| DlqRunOptions {
+            scan: ScanOptions {
+                dry_run,
+                rate: Some(1000.0),
+                ..Default::default()
+            },
+            audit_log: Some(audit.clone()),
+            ..Default::default()
+        };
+        let dry = cli::dlq_run(
+            &*tb.broker,
+            &cfg,
+            DlqAction::Replay,
+            &q,
+            &only_flaky,
+            &opts(true),
+        )
+        .await
+        .unwrap();
+        assert_eq!((dry.report.matched, dry.report.done), (5, 0));
+        assert!(cli::render_dlq_summary(&dry, false).contains("would replay 5"));
+        assert_eq!(
+            cli::dlq_list(&*tb.broker, &cfg, &q, &Default::default(), 100)
+                .await
+                .unwrap()
+                .len(),
+            6
+        );
+
+        let rec = cli::dlq_run(
+            &*tb.broker,
+            &cfg,
+            DlqAction::Replay,
+            &q,
+            &only_flaky,
+            &opts(false),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rec.report.done, 5, "{}", tb.name);
+        assert!(cli::render_dlq_summary(&rec, false).contains("replayed 5, skipped 0, failed 0"));
+        wait_until(Duration::from_secs(20), "replayed jobs succeed", || async {
+            view.snapshot()[0].succeeded == 5
+        })
+        .await;
+        let left = cli::dlq_list(&*tb.broker, &cfg, &q, &Default::default(), 100)
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1, "the unknown kind stays");
+        assert_eq!(left[0].id, unknown.id);
+
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["action"], "replay");
+        assert_eq!(lines[1]["queue"], q.as_str());
+        assert_eq!(lines[1]["report"]["done"], 5);
+        assert!(lines[1]["filter"].as_str().unwrap().contains("kind=flaky"));
+        assert!(lines[0]["dry_run"].as_bool().unwrap());
+
+        let purged = cli::dlq_run(
+            &*tb.broker,
+            &cfg,
+            DlqAction::Purge,
+            &q,
+            &Default::default(),
+            &DlqRunOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(purged.report.done, 1);
+        assert!(
+            cli::dlq_list(&*tb.broker, &cfg, &q, &Default::default(), 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        shutdown.trigger();
+        task.await.unwrap().unwrap();
+    }
+}
+
+#[test]
+fn binary_exit_codes_and_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mem.toml");
+    std::fs::write(
+        &cfg,
+        "[broker]\nbackend = \"memory\"\n[queues.jobs]\n[routes]\nnoop = \"jobs\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env_remove("JOBFLEET_BROKER_URL")
+            .env_remove("JOBFLEET_BROKER_BACKEND")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&["queues"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("jobs"), "{out}");
+    let (code, _, err) = run(&["dlq", "purge", "jobs"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--yes"), "{err}");
+    let (code, out, _) = run(&["dlq", "purge", "jobs", "--yes", "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"action\": \"purge\""), "{out}");
+    let (code, _, err) = run(&["dlq", "list", "nowhere"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not configured"), "{err}");
+    let (code, _, _) = run(&["dlq", "replay"]);
+    assert_eq!(code, 2, "clap usage error");
+
+    let pg = dir.path().join("pg.toml");
+    std::fs::write(
+        &pg,
+        "[broker]\nbackend = \"postgres\"\nurl = \"postgres://nobody@127.0.0.1:1/x\"\n[queues.jobs]\n[routes]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("--config")
+        .arg(&pg)
+        .args(["queues"])
+        .env_remove("JOBFLEET_BROKER_URL")
+        .env_remove("JOBFLEET_BROKER_BACKEND")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("postgres"), "names the backend: {err}");
+}
