@@ -2,6 +2,7 @@
 //! backoff, dead-lettering, graceful drain, metrics and admin HTTP, and the operator CLI.
 
 pub mod admin;
+pub mod cloudwatch;
 pub mod config;
 pub mod stats;
 pub mod telemetry;
