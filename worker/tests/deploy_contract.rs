@@ -311,7 +311,7 @@ fn template_iam_and_drain_match_the_worker() {
 fn unit_value(unit: &str, key: &str) -> Option<String> {
     unit.lines()
         .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=').map(str::trim))
-        .last()
+        .next_back()
         .map(str::to_owned)
 }
 
