@@ -39,6 +39,10 @@ pub const METRIC_LEADER: &str = "jobfleet_scheduler_leader";
 /// Ledger rows older than this are pruned (each schedule's latest tick is always kept).
 const LEDGER_RETENTION_DAYS: i32 = 30;
 
+/// Upper bound of on-time ticks one pass enqueues (a schedule firing every second with a long
+/// lease); the rest follow on the next pass.
+const MAX_TICKS_PER_PASS: usize = 256;
+
 /// What one attempt to enqueue a tick did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fired {
@@ -247,33 +251,50 @@ impl Core {
         if settled.is_some_and(|t| t >= tick) {
             return Ok(Fired::NothingDue);
         }
-        let reason = if now - tick <= self.grace() {
-            Reason::Tick
-        } else {
-            let last = self.ledger.last_tick(s.name()).await?;
-            let missed = last.is_some_and(|l| l < tick);
-            match (s.catch_up(), missed) {
-                (CatchUp::Latest, true) => Reason::CatchUp,
-                (_, false) => {
-                    // Already enqueued (last >= tick) or no history: nothing to catch up.
-                    self.settle(s.name(), tick);
-                    return Ok(Fired::NothingDue);
-                }
-                (CatchUp::Skip, true) => {
-                    let mut m = self.missed.lock().expect("not poisoned");
-                    if m.get(s.name()) != Some(&tick) {
-                        m.insert(s.name().to_owned(), tick);
-                        metrics::counter!(METRIC_MISSED, "schedule" => s.name().to_owned())
-                            .increment(1);
-                        tracing::info!(schedule = s.name(), %tick, "skipping missed tick (catch_up = skip)");
-                    }
-                    return Ok(Fired::NothingDue);
+        // Every tick within the on-time window is enqueued, not just the latest: a failover
+        // gap can span several ticks of a schedule that fires more often than the lease.
+        let window_start = match settled {
+            Some(t) if t > now - self.grace() => t,
+            _ => now - self.grace(),
+        };
+        let on_time = s.between(window_start, now, MAX_TICKS_PER_PASS);
+        if !on_time.is_empty() {
+            let mut last = Fired::NothingDue;
+            for t in on_time {
+                last = self
+                    .fire(s, t, Reason::Tick, tick_key(s.name(), t), Some(self.fence()))
+                    .await?;
+                match last {
+                    Fired::Enqueued(_) | Fired::Duplicate => self.settle(s.name(), t),
+                    // Not leader, or another claim in flight: stop here, a later pass resumes.
+                    _ => break,
                 }
             }
-        };
-        let key = tick_key(s.name(), tick);
+            return Ok(last);
+        }
+        // The latest tick is late: the scheduler was down when it fell.
+        let last = self.ledger.last_tick(s.name()).await?;
+        let missed = last.is_some_and(|l| l < tick);
+        match (s.catch_up(), missed) {
+            (CatchUp::Latest, true) => {}
+            (_, false) => {
+                // Already enqueued (last >= tick) or no history: nothing to catch up.
+                self.settle(s.name(), tick);
+                return Ok(Fired::NothingDue);
+            }
+            (CatchUp::Skip, true) => {
+                let mut m = self.missed.lock().expect("not poisoned");
+                if m.get(s.name()) != Some(&tick) {
+                    m.insert(s.name().to_owned(), tick);
+                    metrics::counter!(METRIC_MISSED, "schedule" => s.name().to_owned())
+                        .increment(1);
+                    tracing::info!(schedule = s.name(), %tick, "skipping missed tick (catch_up = skip)");
+                }
+                return Ok(Fired::NothingDue);
+            }
+        }
         let fired = self
-            .fire(s, tick, reason, key, Some(self.fence()))
+            .fire(s, tick, Reason::CatchUp, tick_key(s.name(), tick), Some(self.fence()))
             .await?;
         if matches!(fired, Fired::Enqueued(_) | Fired::Duplicate) {
             self.settle(s.name(), tick);
