@@ -2,14 +2,17 @@
 //! key. Every entry point takes `now` as a parameter, so tests drive it with any clock; the
 //! runner passes `Utc::now()`.
 //!
-//! Rules, per schedule, for the latest fire time `tick <= now`:
-//! - on time (`now - tick <= grace`, grace = 2 × lease): enqueue it. A failover gap is shorter
-//!   than that, so a tick that fell while no replica led is still enqueued by the new leader,
-//!   whatever the catch-up policy.
-//! - late (after downtime): with `catch_up = latest`, enqueue it once (one job for the latest
-//!   missed tick, never one per missed tick) if the ledger shows the schedule ran before; with
-//!   `skip`, count it as missed and move on. A brand-new schedule has no history, so it starts
-//!   at its next tick instead of firing at once.
+//! Rules, per schedule, at `now`:
+//! - on time: every fire time in `(now - grace, now]` (grace = 2 × lease) not yet settled is
+//!   enqueued. A failover gap is shorter than that, so ticks that fell while no replica led are
+//!   still enqueued by the new leader, whatever the catch-up policy.
+//! - late (after downtime): for the latest fire time `tick <= now`, with `catch_up = latest`,
+//!   enqueue it once (one job for the latest missed tick, never one per missed tick) if the
+//!   ledger shows the schedule ran before; with `skip`, count it as missed and move on. A
+//!   brand-new schedule has no history, so it starts at its next tick instead of firing at once.
+//!
+//! Each tick's dedup key is `name@<tick RFC 3339 UTC>`; the ledger claim on that key is what
+//! makes it once-only across replicas and restarts (see [`crate::ledger`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -252,4 +252,30 @@ mod tests {
         assert!(CompiledSchedule::compile(&noq, None).is_err());
         assert!(CompiledSchedule::compile(&noq, Some("maintenance")).is_ok());
     }
+
+    #[test]
+    fn shipped_example_schedules_are_valid() {
+        let text = include_str!("../schedules.example.toml");
+        let cfg = Config::parse(text).unwrap();
+        cfg.validate().unwrap();
+        let all = CompiledSchedule::compile_all(&cfg).unwrap();
+        assert_eq!(all.len(), 4);
+        let hourly = all.iter().find(|s| s.name() == "rollup_hourly").unwrap();
+        assert_eq!(hourly.queue, "analytics");
+        let tick = hourly.latest_at_or_before(at("2026-11-22T11:30:00Z")).unwrap();
+        assert_eq!(tick, at("2026-11-22T11:05:00Z"));
+        assert_eq!(
+            hourly.payload_at(tick).unwrap(),
+            json!({"granularity": "hour", "from": "2026-11-22T10:00:00Z", "to": "2026-11-22T11:00:00Z"})
+        );
+        let daily = all.iter().find(|s| s.name() == "rollup_daily").unwrap();
+        let tick = daily.latest_at_or_before(at("2026-11-22T11:30:00Z")).unwrap();
+        assert_eq!(
+            daily.payload_at(tick).unwrap(),
+            json!({"granularity": "day", "from": "2026-11-21T00:00:00Z", "to": "2026-11-22T00:00:00Z"})
+        );
+        let parts = all.iter().find(|s| s.name() == "ensure_partitions_events").unwrap();
+        assert!(parts.spec.run_at_start);
+        assert_eq!(parts.queue, "maintenance");
+    }
 }

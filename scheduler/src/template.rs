@@ -5,7 +5,7 @@
 //! | placeholder              | becomes                                                    |
 //! |--------------------------|------------------------------------------------------------|
 //! | `{{tick}}`               | the scheduled tick time, RFC 3339 in UTC (`2026-11-22T10:00:00Z`) |
-//! | `{{tick - 1h}}`          | the tick minus a fixed duration; units `s`, `m`, `h`, `d`, `w` |
+//! | `{{tick - 1h}}`          | the tick minus a fixed duration; units `s`, `m`, `h`, `d`, `w`, combinable (`1h5m`) |
 //! | `{{tick + 30m}}`         | the tick plus a fixed duration                             |
 //! | `{{schedule}}`           | the schedule's name                                        |
 //!
@@ -107,19 +107,30 @@ fn expand(expr: &str, vars: &TemplateVars<'_>) -> Result<String, TemplateError> 
     Ok(at.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
+/// `1h`, `90s`, or several parts like `1h5m` (summed).
 fn parse_offset(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: i64 = num.parse().ok()?;
-    let secs = match unit.trim() {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return None,
-    };
-    Duration::try_seconds(n.checked_mul(secs)?)
+    let mut total = Duration::zero();
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !c.is_ascii_digit())?;
+        let (num, tail) = rest.split_at(split);
+        let n: i64 = num.parse().ok()?;
+        let unit = tail.chars().next()?;
+        let secs = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return None,
+        };
+        total = total.checked_add(&Duration::try_seconds(n.checked_mul(secs)?)?)?;
+        rest = tail[unit.len_utf8()..].trim_start();
+    }
+    Some(total)
 }
 
 #[cfg(test)]
@@ -142,6 +153,7 @@ mod tests {
             "to": "{{ tick }}",
             "nested": ["{{tick - 1d}}", "{{tick+2w}}", 3, null],
             "label": "{{schedule}} at {{tick - 90s}}",
+            "compound": "{{tick - 1d15m}}",
         });
         let out = render(&p, &vars()).unwrap();
         assert_eq!(
@@ -152,6 +164,7 @@ mod tests {
                 "to": "2026-11-22T10:00:00Z",
                 "nested": ["2026-11-21T10:00:00Z", "2026-12-06T10:00:00Z", 3, null],
                 "label": "rollup_hourly at 2026-11-22T09:58:30Z",
+                "compound": "2026-11-21T09:45:00Z",
             })
         );
     }
@@ -169,6 +182,8 @@ mod tests {
             "{{tick * 2}}",
             "{{tick - 1y}}",
             "{{tick - h}}",
+            "{{tick - 1h x}}",
+            "{{tick - }}",
             "{{tick",
         ] {
             let err = render(&json!(bad), &vars()).unwrap_err();
