@@ -188,7 +188,11 @@ impl Core {
         let now_leader = self.is_leader();
         metrics::gauge!(METRIC_LEADER).set(if now_leader { 1.0 } else { 0.0 });
         if now_leader && !was {
-            tracing::info!(lease = self.lease.name(), holder = self.lease.holder(), "became leader");
+            tracing::info!(
+                lease = self.lease.name(),
+                holder = self.lease.holder(),
+                "became leader"
+            );
         } else if was && !now_leader {
             tracing::warn!(lease = self.lease.name(), "lost leadership");
         }
@@ -219,11 +223,15 @@ impl Core {
             for s in self.schedules.iter().filter(|s| s.spec.run_at_start) {
                 self.fire_start(s, now).await?;
             }
-            let pruned = self.ledger.prune(&self.names, LEDGER_RETENTION_DAYS).await?;
+            let pruned = self
+                .ledger
+                .prune(&self.names, LEDGER_RETENTION_DAYS)
+                .await?;
             if pruned > 0 {
                 tracing::debug!(pruned, "pruned old ledger rows");
             }
-            self.started.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.started
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(())
     }
@@ -250,7 +258,12 @@ impl Core {
         let Some(tick) = s.latest_at_or_before(now) else {
             return Ok(Fired::NothingDue);
         };
-        let settled = self.settled.lock().expect("not poisoned").get(s.name()).copied();
+        let settled = self
+            .settled
+            .lock()
+            .expect("not poisoned")
+            .get(s.name())
+            .copied();
         if settled.is_some_and(|t| t >= tick) {
             return Ok(Fired::NothingDue);
         }
@@ -265,7 +278,13 @@ impl Core {
             let mut last = Fired::NothingDue;
             for t in on_time {
                 last = self
-                    .fire(s, t, Reason::Tick, tick_key(s.name(), t), Some(self.fence()))
+                    .fire(
+                        s,
+                        t,
+                        Reason::Tick,
+                        tick_key(s.name(), t),
+                        Some(self.fence()),
+                    )
                     .await?;
                 match last {
                     Fired::Enqueued(_) | Fired::Duplicate => self.settle(s.name(), t),
@@ -297,7 +316,13 @@ impl Core {
             }
         }
         let fired = self
-            .fire(s, tick, Reason::CatchUp, tick_key(s.name(), tick), Some(self.fence()))
+            .fire(
+                s,
+                tick,
+                Reason::CatchUp,
+                tick_key(s.name(), tick),
+                Some(self.fence()),
+            )
             .await?;
         if matches!(fired, Fired::Enqueued(_) | Fired::Duplicate) {
             self.settle(s.name(), tick);
@@ -349,10 +374,12 @@ impl Core {
         key: String,
         fence: Option<Fence<'_>>,
     ) -> Result<Fired, SchedulerError> {
-        let payload = s.payload_at(tick).map_err(|e| SchedulerError::InvalidSchedule {
-            name: s.name().to_owned(),
-            message: e.to_string(),
-        })?;
+        let payload = s
+            .payload_at(tick)
+            .map_err(|e| SchedulerError::InvalidSchedule {
+                name: s.name().to_owned(),
+                message: e.to_string(),
+            })?;
         let env = Envelope::new(&s.spec.kind, &s.queue, payload).with_dedup_key(&key);
         let claim = self
             .ledger

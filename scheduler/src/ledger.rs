@@ -210,7 +210,10 @@ impl Ledger {
     }
 
     /// The most recent ledger row of `schedule`, any reason.
-    pub async fn last_enqueue(&self, schedule: &str) -> Result<Option<LastEnqueue>, SchedulerError> {
+    pub async fn last_enqueue(
+        &self,
+        schedule: &str,
+    ) -> Result<Option<LastEnqueue>, SchedulerError> {
         type Row = (DateTime<Utc>, String, String, String, Option<DateTime<Utc>>);
         let row: Option<Row> = sqlx::query_as(
             "SELECT tick_at, reason, state, job_id, enqueued_at FROM jobfleet.scheduler_ticks

@@ -8,7 +8,11 @@ use scheduler::{Fired, runner};
 use worker::Config;
 
 #[derive(Parser)]
-#[command(name = "scheduler", version, about = "jobfleet cron scheduler: cron entries → enqueued jobs")]
+#[command(
+    name = "scheduler",
+    version,
+    about = "jobfleet cron scheduler: cron entries → enqueued jobs"
+)]
 struct Cli {
     /// Config file (else `JOBFLEET_CONFIG`, else built-in defaults).
     #[arg(long, global = true)]
@@ -73,7 +77,10 @@ async fn main() -> anyhow::Result<()> {
             if json {
                 println!("{}", scheduler::list::render_json(&rows, leader.as_deref()));
             } else {
-                print!("{}", scheduler::list::render_table(&rows, leader.as_deref()));
+                print!(
+                    "{}",
+                    scheduler::list::render_table(&rows, leader.as_deref())
+                );
             }
         }
         Command::Trigger { name } => match core.trigger(&name, chrono::Utc::now()).await? {

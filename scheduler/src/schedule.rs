@@ -64,7 +64,12 @@ impl CompiledSchedule {
             .queue
             .clone()
             .or_else(|| default_queue.map(str::to_owned))
-            .ok_or_else(|| bad(format!("no queue, and [routes] has none for `{}`", spec.kind)))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "no queue, and [routes] has none for `{}`",
+                    spec.kind
+                ))
+            })?;
         queues::validate_queue_name(&queue).map_err(|e| bad(e.to_string()))?;
         let compiled = CompiledSchedule {
             spec: spec.clone(),
@@ -216,7 +221,8 @@ mod tests {
             Some(at("2026-11-22T10:00:00Z"))
         );
         assert_eq!(
-            s.between(at("2026-11-22T10:00:00Z"), at("2026-11-22T13:30:00Z"), 10).len(),
+            s.between(at("2026-11-22T10:00:00Z"), at("2026-11-22T13:30:00Z"), 10)
+                .len(),
             3
         );
     }
@@ -245,7 +251,9 @@ mod tests {
         }
         let mut bad = spec("0 * * * *", "UTC");
         bad.payload = json!({"from": "{{yesterday}}"});
-        let err = CompiledSchedule::compile(&bad, None).unwrap_err().to_string();
+        let err = CompiledSchedule::compile(&bad, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("yesterday"), "{err}");
         let mut noq = spec("0 * * * *", "UTC");
         noq.queue = None;
@@ -262,19 +270,26 @@ mod tests {
         assert_eq!(all.len(), 4);
         let hourly = all.iter().find(|s| s.name() == "rollup_hourly").unwrap();
         assert_eq!(hourly.queue, "analytics");
-        let tick = hourly.latest_at_or_before(at("2026-11-22T11:30:00Z")).unwrap();
+        let tick = hourly
+            .latest_at_or_before(at("2026-11-22T11:30:00Z"))
+            .unwrap();
         assert_eq!(tick, at("2026-11-22T11:05:00Z"));
         assert_eq!(
             hourly.payload_at(tick).unwrap(),
             json!({"granularity": "hour", "from": "2026-11-22T10:00:00Z", "to": "2026-11-22T11:00:00Z"})
         );
         let daily = all.iter().find(|s| s.name() == "rollup_daily").unwrap();
-        let tick = daily.latest_at_or_before(at("2026-11-22T11:30:00Z")).unwrap();
+        let tick = daily
+            .latest_at_or_before(at("2026-11-22T11:30:00Z"))
+            .unwrap();
         assert_eq!(
             daily.payload_at(tick).unwrap(),
             json!({"granularity": "day", "from": "2026-11-21T00:00:00Z", "to": "2026-11-22T00:00:00Z"})
         );
-        let parts = all.iter().find(|s| s.name() == "ensure_partitions_events").unwrap();
+        let parts = all
+            .iter()
+            .find(|s| s.name() == "ensure_partitions_events")
+            .unwrap();
         assert!(parts.spec.run_at_start);
         assert_eq!(parts.queue, "maintenance");
     }

@@ -84,7 +84,9 @@ fn expand(expr: &str, vars: &TemplateVars<'_>) -> Result<String, TemplateError> 
         return Ok(vars.schedule.to_owned());
     }
     let Some(rest) = expr.strip_prefix("tick") else {
-        return Err(err("unknown; use tick, tick - <n><unit>, tick + <n><unit> or schedule"));
+        return Err(err(
+            "unknown; use tick, tick - <n><unit>, tick + <n><unit> or schedule",
+        ));
     };
     let rest = rest.trim();
     let at = if rest.is_empty() {

@@ -179,7 +179,11 @@ fn assert_contiguous_seconds(name: &str, keys: &BTreeMap<String, usize>) {
         .map(|k| at(k.strip_prefix(&format!("{name}@")).unwrap()))
         .collect();
     for w in ticks.windows(2) {
-        assert_eq!(w[1] - w[0], chrono::Duration::seconds(1), "gap in {ticks:?}");
+        assert_eq!(
+            w[1] - w[0],
+            chrono::Duration::seconds(1),
+            "gap in {ticks:?}"
+        );
     }
 }
 
@@ -265,7 +269,10 @@ async fn missed_ticks(catch_up: CatchUp) -> BTreeMap<String, usize> {
     let first = core(&pool, &broker, &s, &lease_name, lease);
     assert!(first.lease_step().await.unwrap());
     assert!(matches!(
-        first.on_tick(&name, at("2031-05-01T10:00:00Z")).await.unwrap(),
+        first
+            .on_tick(&name, at("2031-05-01T10:00:00Z"))
+            .await
+            .unwrap(),
         Fired::Enqueued(_)
     ));
     first.release().await.unwrap();
@@ -395,7 +402,9 @@ async fn run_at_start_once_and_trigger() {
     let a = core(&pool, &broker, &s, &lease_name, Duration::from_secs(5));
     assert!(a.lease_step().await.unwrap());
     a.reconcile(now).await.unwrap();
-    a.reconcile(now + chrono::Duration::seconds(5)).await.unwrap();
+    a.reconcile(now + chrono::Duration::seconds(5))
+        .await
+        .unwrap();
     a.release().await.unwrap();
     // A replica taking over in the same minute does not repeat it.
     let b = core(&pool, &broker, &s, &lease_name, Duration::from_secs(5));
@@ -422,14 +431,22 @@ async fn run_at_start_once_and_trigger() {
     let (keys, envs) = drain(&broker).await;
     assert_eq!(envs.len(), 1);
     assert_eq!(envs[0].id, id);
-    assert!(keys.keys().next().unwrap().starts_with(&format!("{name}@manual@")));
+    assert!(
+        keys.keys()
+            .next()
+            .unwrap()
+            .starts_with(&format!("{name}@manual@"))
+    );
 
     let rows = c.overview(now, 3).await.unwrap();
     assert_eq!(rows[0].next.len(), 3);
     assert_eq!(rows[0].next[0], at("2031-05-02T03:00:00Z"));
     assert_eq!(rows[0].last.as_ref().unwrap().reason, "manual");
     let table = scheduler::list::render_table(&rows, None);
-    assert!(table.contains(&name) && table.contains("2031-05-04T03:00:00Z"), "{table}");
+    assert!(
+        table.contains(&name) && table.contains("2031-05-04T03:00:00Z"),
+        "{table}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&scheduler::list::render_json(&rows, Some("me"))).unwrap();
     assert_eq!(json["schedules"][0]["name"], name);
@@ -446,11 +463,13 @@ async fn fenced_claim_fails_without_the_lease() {
     let b = core(&pool, &broker, &s, &lease_name, Duration::from_secs(5));
     assert!(a.lease_step().await.unwrap());
     // `a` is deposed behind its back (as if its lease had expired and `b` took it).
-    sqlx::query("UPDATE jobfleet.scheduler_leases SET expires_at = now() - interval '1 s' WHERE name = $1")
-        .bind(&lease_name)
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE jobfleet.scheduler_leases SET expires_at = now() - interval '1 s' WHERE name = $1",
+    )
+    .bind(&lease_name)
+    .execute(&pool)
+    .await
+    .unwrap();
     assert!(b.lease_step().await.unwrap());
     assert!(a.is_leader(), "a's local view has not caught up yet");
     let fired = a.on_tick(&name, at("2031-05-01T10:00:00Z")).await.unwrap();
@@ -529,7 +548,12 @@ async fn ensure_partitions_end_to_end_through_a_real_broker() {
     assert_eq!(got.len(), 1, "one start job");
     let env = got[0].message().envelope().unwrap().clone();
     assert_eq!(env.kind, "ensure_partitions");
-    assert!(env.dedup_key.as_deref().unwrap().starts_with(&format!("{name}@start@")));
+    assert!(
+        env.dedup_key
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("{name}@start@"))
+    );
 
     let registry = jobs::registry(pool.clone(), &jobs::JobsConfig::default()).unwrap();
     let Some(reg) = registry.get("ensure_partitions") else {
