@@ -56,6 +56,10 @@ pub async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), SchedulerError> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('jobfleet.scheduler schema'))")
         .execute(&mut *tx)
         .await?;
+    // "already exists, skipping" notices on every start are noise.
+    sqlx::query("SET LOCAL client_min_messages = warning")
+        .execute(&mut *tx)
+        .await?;
     sqlx::raw_sql(SCHEMA_SQL).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())

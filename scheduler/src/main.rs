@@ -1,6 +1,7 @@
 //! `scheduler` binary: argument parsing and process setup only; the work is in the library.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -51,7 +52,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| "connecting to database.url")?;
     scheduler::ensure_schema(&pool).await?;
-    let core = runner::build_core(&cfg, pool.clone(), &cli.lease_name).await?;
+    let core = match cli.command {
+        // Listing reads the ledger only, so it works while the broker is down.
+        Command::List { .. } => runner::build_core_with(
+            &cfg,
+            pool.clone(),
+            &cli.lease_name,
+            Arc::new(runner::NoSend),
+        )?,
+        _ => runner::build_core(&cfg, pool.clone(), &cli.lease_name).await?,
+    };
     match cli.command {
         Command::Run => {
             let handle = worker::telemetry::metrics_handle();

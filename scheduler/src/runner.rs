@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use queues::Producer;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio_cron_scheduler::{Job, JobScheduler};
@@ -37,14 +38,38 @@ pub async fn build_core(
     pool: PgPool,
     lease_name: &str,
 ) -> Result<Arc<Core>, SchedulerError> {
-    let schedules = CompiledSchedule::compile_all(cfg)?;
     let broker = queues::connect(&cfg.broker()).await?;
+    build_core_with(cfg, pool, lease_name, broker)
+}
+
+/// Builds the core with a given producer (tests; [`NoSend`] for read-only commands).
+pub fn build_core_with(
+    cfg: &Config,
+    pool: PgPool,
+    lease_name: &str,
+    producer: Arc<dyn Producer>,
+) -> Result<Arc<Core>, SchedulerError> {
+    let schedules = CompiledSchedule::compile_all(cfg)?;
     Ok(Arc::new(Core::new(
         schedules,
         pool,
-        broker,
+        producer,
         CoreOptions::new(lease_name, cfg.scheduler.lease),
     )))
+}
+
+/// A producer for commands that only read (`scheduler list`), so they work while the broker
+/// is down.
+pub struct NoSend;
+
+#[async_trait::async_trait]
+impl Producer for NoSend {
+    async fn send(&self, envelope: &queues::Envelope) -> queues::Result<()> {
+        Err(queues::QueueError::Config(format!(
+            "this command does not enqueue (job {})",
+            envelope.id
+        )))
+    }
 }
 
 /// Runs the cron jobs and the lease loop until `shutdown` resolves, then stops the cron jobs

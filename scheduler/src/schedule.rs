@@ -133,7 +133,7 @@ impl CompiledSchedule {
     /// The latest fire time at or before `now`.
     pub fn latest_at_or_before(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron
-            .find_previous_occurrence(&now.with_timezone(&self.tz), true)
+            .find_previous_occurrence(&whole_seconds(now).with_timezone(&self.tz), true)
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
@@ -141,7 +141,7 @@ impl CompiledSchedule {
     /// Up to `n` fire times strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
         let mut out = Vec::with_capacity(n);
-        let mut t = after.with_timezone(&self.tz);
+        let mut t = whole_seconds(after).with_timezone(&self.tz);
         while out.len() < n {
             match self.cron.find_next_occurrence(&t, false) {
                 Ok(next) => {
@@ -162,7 +162,7 @@ impl CompiledSchedule {
         limit: usize,
     ) -> Vec<DateTime<Utc>> {
         let mut out = Vec::new();
-        let mut t = after.with_timezone(&self.tz);
+        let mut t = whole_seconds(after).with_timezone(&self.tz);
         while out.len() < limit {
             match self.cron.find_next_occurrence(&t, false) {
                 Ok(next) if next.with_timezone(&Utc) <= upto => {
@@ -174,6 +174,12 @@ impl CompiledSchedule {
         }
         out
     }
+}
+
+/// Fire times are whole seconds, but croner carries the sub-second part of its start time into
+/// the times it finds; dropping it first keeps ticks (and so dedup keys and payloads) exact.
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
 }
 
 #[cfg(test)]
@@ -224,6 +230,26 @@ mod tests {
             s.between(at("2026-11-22T10:00:00Z"), at("2026-11-22T13:30:00Z"), 10)
                 .len(),
             3
+        );
+    }
+
+    #[test]
+    fn sub_second_now_gives_whole_second_ticks() {
+        let s = CompiledSchedule::compile(&spec("*/2 * * * * *", "UTC"), None).unwrap();
+        let now = at("2026-11-22T10:00:03.347Z");
+        assert_eq!(s.latest_at_or_before(now), Some(at("2026-11-22T10:00:02Z")));
+        assert_eq!(
+            s.next_after(now, 2),
+            vec![at("2026-11-22T10:00:04Z"), at("2026-11-22T10:00:06Z")]
+        );
+        assert_eq!(
+            s.between(at("2026-11-22T09:59:59.9Z"), now, 10),
+            vec![at("2026-11-22T10:00:00Z"), at("2026-11-22T10:00:02Z")]
+        );
+        let exact = at("2026-11-22T10:00:02.000001Z");
+        assert_eq!(
+            s.latest_at_or_before(exact),
+            Some(at("2026-11-22T10:00:02Z"))
         );
     }
 

@@ -98,6 +98,8 @@ fn at(s: &str) -> DateTime<Utc> {
 
 #[tokio::test]
 async fn two_replicas_controlled_time_each_tick_once() {
+    // nextest runs each test in its own process, so this recorder sees only this test.
+    let metrics = worker::telemetry::metrics_handle();
     let pool = pool().await;
     let broker = MemoryBroker::new();
     let name = uniq("two");
@@ -146,6 +148,20 @@ async fn two_replicas_controlled_time_each_tick_once() {
         json!({"granularity": "hour", "from": "2031-03-01T09:00:00Z", "to": "2031-03-01T10:00:00Z"})
     );
     assert_eq!(first.kind, "rollup_analytics");
+
+    let text = metrics.render();
+    let value = |metric: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(metric) && l.contains(&name))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        value("jobfleet_scheduler_ticks_enqueued_total"),
+        6.0,
+        "{text}"
+    );
+    assert!(text.contains("jobfleet_scheduler_leader"), "{text}");
 }
 
 #[tokio::test]
@@ -171,6 +187,19 @@ async fn two_replicas_real_cron_each_tick_once() {
     assert!(keys.len() >= 3, "{keys:?}");
     assert!(keys.values().all(|&n| n == 1), "{keys:?}");
     assert_contiguous_seconds(&name, &keys);
+    // Ledger ticks are exact cron times, all on time, one row per enqueued job.
+    let rows: Vec<(DateTime<Utc>, String, String)> = sqlx::query_as(
+        "SELECT tick_at, reason, state FROM jobfleet.scheduler_ticks WHERE schedule = $1",
+    )
+    .bind(&name)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), keys.len());
+    for (tick, reason, state) in rows {
+        assert_eq!(tick.timestamp_subsec_nanos(), 0, "{tick}");
+        assert_eq!((reason.as_str(), state.as_str()), ("tick", "enqueued"));
+    }
 }
 
 fn assert_contiguous_seconds(name: &str, keys: &BTreeMap<String, usize>) {
