@@ -204,6 +204,9 @@ impl Core {
     pub async fn release(&self) -> Result<(), SchedulerError> {
         *self.leader_until.lock().expect("not poisoned") = None;
         metrics::gauge!(METRIC_LEADER).set(0.0);
+        // Let an enqueue that already claimed its tick finish sending it, so a clean shutdown
+        // leaves nothing pending for the next leader to re-send.
+        let _in_flight = self.fire_lock.lock().await;
         self.lease.release().await
     }
 

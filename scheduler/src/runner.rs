@@ -107,25 +107,47 @@ pub async fn run(
         "scheduler running"
     );
 
+    // Renewing runs on its own so a slow broker send in reconcile can never delay it past
+    // the lease; reconcile runs every lease/3 and at once when we become leader.
     let step = core.lease().duration() / 3;
+    let became_leader = tokio::sync::Notify::new();
     let lease_loop = async {
         let mut every = tokio::time::interval(step);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            if let Err(e) = core.lease_step().await {
-                tracing::warn!(error = %e, "lease renew failed");
-                continue;
+            let was = core.is_leader();
+            match core.lease_step().await {
+                Ok(true) if !was => became_leader.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "lease renew failed"),
             }
+        }
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let reconcile_loop = async {
+        let mut every = tokio::time::interval(step);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = became_leader.notified() => {}
+                _ = stop_rx.wait_for(|s| *s) => return,
+            }
+            // Not cancelled midway on shutdown: a claimed tick gets sent.
             if let Err(e) = core.reconcile(Utc::now()).await {
                 tracing::warn!(error = %e, "reconcile failed");
             }
         }
     };
-    tokio::select! {
-        () = lease_loop => {}
-        () = shutdown => {}
-    }
+    let stopper = async {
+        tokio::select! {
+            () = lease_loop => {}
+            () = shutdown => {}
+        }
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(stopper, reconcile_loop);
     tracing::info!("shutting down: stopping cron jobs and releasing the lease");
     if let Err(e) = cron.shutdown().await {
         tracing::warn!(error = %e, "stopping tokio-cron-scheduler");
