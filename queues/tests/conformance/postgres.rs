@@ -67,6 +67,8 @@ queues::conformance_suite!(Postgres);
 
 /// Behaviour specific to this backend, beyond the shared suite.
 mod specific {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use queues::conformance::unique_queue;
@@ -210,6 +212,69 @@ mod specific {
                 .await
                 .is_err()
         );
+    }
+
+    /// Counts the statements sqlx runs (its `sqlx::query` events) on this thread.
+    struct CountQueries(Arc<AtomicUsize>);
+
+    impl tracing::Subscriber for CountQueries {
+        fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+            m.target() == "sqlx::query"
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, e: &tracing::Event<'_>) {
+            if e.metadata().target() == "sqlx::query" {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// An idle long poll waits on LISTEN and a timer, not in a query loop: a few statements per
+    /// `receive`, however long the wait. Current-thread runtime, so the broker's tasks run on the
+    /// thread the counting subscriber is installed on.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_long_poll_does_not_query_in_a_loop() {
+        let queries = Arc::new(AtomicUsize::new(0));
+        let _guard = tracing::subscriber::set_default(CountQueries(queries.clone()));
+        let b = broker("jobfleet").await;
+        let q = unique_queue("idle");
+        b.declare(&QueueSpec::new(&q)).await.expect("declare");
+
+        let before = queries.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let got = b
+            .receive(&q, 10, Duration::from_secs(3))
+            .await
+            .expect("receive");
+        assert!(got.is_empty() && t.elapsed() >= Duration::from_secs(3));
+        let idle = queries.load(Ordering::Relaxed) - before;
+        assert!(idle >= 1, "the counter saw no statement at all");
+        assert!(idle <= 4, "{idle} statements during a 3 s idle long poll");
+
+        // A delayed job wakes the waiter by the timer at its run_at, not by polling.
+        let run_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+        b.send(&Envelope::new("k", &q, json!({})).with_run_at(run_at))
+            .await
+            .expect("send");
+        let before = queries.load(Ordering::Relaxed);
+        let got = b
+            .receive(&q, 10, Duration::from_secs(5))
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 1, "delayed job not received");
+        assert!(chrono::Utc::now() >= run_at - chrono::Duration::milliseconds(100));
+        let used = queries.load(Ordering::Relaxed) - before;
+        assert!(
+            used <= 6,
+            "{used} statements waiting 1.5 s for a delayed job"
+        );
+        got[0].ack().await.expect("ack");
     }
 
     /// A rough figure for issue 2's target (the real bench is `queues/benches/throughput.rs`):
