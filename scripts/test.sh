@@ -16,6 +16,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+scripts/lint-deploy.sh
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 # nextest does not run doctests.
 cargo test --workspace --locked --doc

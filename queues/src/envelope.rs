@@ -281,6 +281,43 @@ mod tests {
         }
     }
 
+    /// docs/envelope.schema.json is what other languages code against: keep it in step.
+    #[test]
+    fn json_schema_matches_the_type() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../docs/envelope.schema.json")).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        let mut env = Envelope::new("k", "q", json!({"a": 1}));
+        env.record_failure("e", "w");
+        let written = serde_json::to_value(&env).unwrap();
+        for key in written.as_object().unwrap().keys() {
+            assert!(props.contains_key(key), "schema lacks `{key}`");
+        }
+        let item_props = props["errors"]["items"]["properties"].as_object().unwrap();
+        for key in written["errors"][0].as_object().unwrap().keys() {
+            assert!(item_props.contains_key(key), "schema lacks errors[].{key}");
+        }
+        // Exactly the schema's required fields are needed to parse.
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let minimal =
+            json!({"v":1,"id":"a","kind":"k","queue":"q","enqueued_at":"2026-11-22T10:00:00Z"});
+        assert!(Envelope::parse(minimal.to_string().as_bytes()).is_ok());
+        for field in &required {
+            let mut body = minimal.clone();
+            body.as_object_mut().unwrap().remove(*field);
+            assert!(
+                Envelope::parse(body.to_string().as_bytes()).is_err(),
+                "`{field}` is required by the schema but not by the parser"
+            );
+        }
+        assert_eq!(required.len(), minimal.as_object().unwrap().len());
+    }
+
     #[test]
     fn failure_history_and_replay() {
         let mut env = Envelope::new("k", "q", json!({})).with_max_attempts(2);

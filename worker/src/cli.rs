@@ -83,14 +83,40 @@ pub fn build_registry(cfg: &Config) -> Result<Registry, CliError> {
     Ok(registry)
 }
 
-/// `worker run`: serves admin HTTP and runs the pools until `shutdown` is triggered.
+/// `worker run`: serves admin HTTP, publishes to CloudWatch when enabled, and runs the pools
+/// until `shutdown` is triggered. The CloudWatch publisher's final flush happens after the
+/// drain, so the jobs finished during the grace period are counted.
 pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<DrainReport, CliError> {
     let broker = connect(&cfg).await?;
     let registry = build_registry(&cfg)?;
     let admin_addr = cfg.worker.admin_addr;
-    let worker = Worker::new(cfg, broker, registry);
+    let cloudwatch = cfg.cloudwatch.clone();
+    let queue_names: Vec<String> = cfg.queues.keys().cloned().collect();
+    let worker = Worker::new(cfg, broker.clone(), registry);
     worker.serve_admin(admin_addr, &shutdown).await?;
-    Ok(worker.run(shutdown).await?)
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let publisher = if cloudwatch.enabled {
+        let p = crate::cloudwatch::Publisher::new(
+            &cloudwatch,
+            broker,
+            Arc::new(worker.view()),
+            queue_names,
+        )
+        .await
+        .map_err(|e| CliError::Usage(format!("[cloudwatch]: {e}")))?;
+        Some(Arc::new(p).spawn(async move {
+            let _ = drained_rx.await;
+        }))
+    } else {
+        None
+    };
+    let report = worker.run(shutdown).await?;
+    let _ = drained_tx.send(());
+    if let Some(task) = publisher {
+        // The flush is one bounded call; don't let a dead endpoint hold the exit much longer.
+        let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    }
+    Ok(report)
 }
 
 fn check_queue(cfg: &Config, queue: &str) -> Result<(), CliError> {

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod budget;
 pub mod cli;
+pub mod cloudwatch;
 pub mod config;
 pub mod control;
 pub mod diag;

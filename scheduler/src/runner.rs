@@ -1,0 +1,170 @@
+//! `scheduler run`: wires tokio-cron-scheduler, the lease loop and the admin port around the
+//! [`Core`].
+//!
+//! Each schedule becomes one tokio-cron-scheduler job whose only work is
+//! `core.on_tick(name, now)`: the precise, low-latency path. Independently, every lease/3 the
+//! lease loop renews (or tries to take) the lease and, while leader, runs `core.reconcile(now)`,
+//! which catches what the cron jobs can't see: ticks that fell during a failover, catch-up after
+//! downtime, ticks a crashed leader left pending, and the start-up jobs.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use queues::Producer;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use worker::Config;
+use worker::admin::ReadyCheck;
+
+use crate::SchedulerError;
+use crate::core::{Core, CoreOptions};
+use crate::schedule::CompiledSchedule;
+
+/// Connects to `database.url` with the few connections the scheduler needs.
+pub async fn connect_db(cfg: &Config) -> Result<PgPool, SchedulerError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&cfg.database.url)
+        .await?)
+}
+
+/// Builds the core from the config: schedules validated, broker connected.
+pub async fn build_core(
+    cfg: &Config,
+    pool: PgPool,
+    lease_name: &str,
+) -> Result<Arc<Core>, SchedulerError> {
+    let broker = queues::connect(&cfg.broker()).await?;
+    build_core_with(cfg, pool, lease_name, broker)
+}
+
+/// Builds the core with a given producer (tests; [`NoSend`] for read-only commands).
+pub fn build_core_with(
+    cfg: &Config,
+    pool: PgPool,
+    lease_name: &str,
+    producer: Arc<dyn Producer>,
+) -> Result<Arc<Core>, SchedulerError> {
+    let schedules = CompiledSchedule::compile_all(cfg)?;
+    Ok(Arc::new(Core::new(
+        schedules,
+        pool,
+        producer,
+        CoreOptions::new(lease_name, cfg.scheduler.lease),
+    )))
+}
+
+/// A producer for commands that only read (`scheduler list`), so they work while the broker
+/// is down.
+pub struct NoSend;
+
+#[async_trait::async_trait]
+impl Producer for NoSend {
+    async fn send(&self, envelope: &queues::Envelope) -> queues::Result<()> {
+        Err(queues::QueueError::Config(format!(
+            "this command does not enqueue (job {})",
+            envelope.id
+        )))
+    }
+}
+
+/// Runs the cron jobs and the lease loop until `shutdown` resolves, then stops the cron jobs
+/// and releases the lease so another replica takes over at once.
+pub async fn run(
+    core: Arc<Core>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), SchedulerError> {
+    let mut cron = JobScheduler::new().await?;
+    for s in core.schedules() {
+        let name = s.name().to_owned();
+        let c = core.clone();
+        let job = Job::new_async_tz(s.expression.as_str(), s.tz, move |_id, _sched| {
+            let c = c.clone();
+            let name = name.clone();
+            Box::pin(async move {
+                match c.on_tick(&name, Utc::now()).await {
+                    Ok(fired) => tracing::debug!(schedule = %name, ?fired, "cron tick"),
+                    // The reconcile loop retries the tick; an error here only delays it.
+                    Err(e) => tracing::warn!(schedule = %name, error = %e, "cron tick failed"),
+                }
+            })
+        })
+        .map_err(|e| SchedulerError::InvalidSchedule {
+            name: s.name().to_owned(),
+            message: format!("tokio-cron-scheduler rejected `{}`: {e}", s.expression),
+        })?;
+        cron.add(job).await?;
+    }
+    cron.start().await?;
+    tracing::info!(
+        schedules = core.schedules().len(),
+        lease = core.lease().name(),
+        holder = core.lease().holder(),
+        "scheduler running"
+    );
+
+    // Renewing runs on its own so a slow broker send in reconcile can never delay it past
+    // the lease; reconcile runs every lease/3 and at once when we become leader.
+    let step = core.lease().duration() / 3;
+    let became_leader = tokio::sync::Notify::new();
+    let lease_loop = async {
+        let mut every = tokio::time::interval(step);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let was = core.is_leader();
+            match core.lease_step().await {
+                Ok(true) if !was => became_leader.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "lease renew failed"),
+            }
+        }
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let reconcile_loop = async {
+        let mut every = tokio::time::interval(step);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = became_leader.notified() => {}
+                _ = stop_rx.wait_for(|s| *s) => return,
+            }
+            // Not cancelled midway on shutdown: a claimed tick gets sent.
+            if let Err(e) = core.reconcile(Utc::now()).await {
+                tracing::warn!(error = %e, "reconcile failed");
+            }
+        }
+    };
+    let stopper = async {
+        tokio::select! {
+            () = lease_loop => {}
+            () = shutdown => {}
+        }
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(stopper, reconcile_loop);
+    tracing::info!("shutting down: stopping cron jobs and releasing the lease");
+    if let Err(e) = cron.shutdown().await {
+        tracing::warn!(error = %e, "stopping tokio-cron-scheduler");
+    }
+    core.release().await
+}
+
+/// `/readyz`: the lease database answers.
+pub fn ready_check(pool: PgPool) -> ReadyCheck {
+    Arc::new(move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("database: {e}"))
+        })
+    })
+}
