@@ -1,9 +1,370 @@
 //! `[jobs]` config section: how the handlers find the application's tables and tune their work.
-//! (Skeleton: the jobs issue fills this in.)
+//!
+//! Every table name is `schema.table` (or a bare `table`, resolved by the connection's
+//! `search_path`); names are validated here and always quoted when they reach SQL, so a config
+//! file can point the jobs at an application's own tables but never inject SQL.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::SetupError;
+use crate::ident::QualifiedName;
+
 /// Settings of the four handlers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobsConfig {}
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// `embed_document`: chunking and the embedding provider.
+    pub embed: EmbedConfig,
+    /// `embed_document`: where documents come from and chunks go to.
+    pub documents: DocumentsConfig,
+    /// `rollup_analytics`: raw events and rollup tables.
+    pub analytics: AnalyticsConfig,
+    /// `refresh_materialized_view`.
+    pub matview: MatviewConfig,
+    /// `ensure_partitions`.
+    pub partitions: PartitionsConfig,
+}
+
+/// Which embedding provider `embed_document` uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Built-in deterministic feature-hashing embedder; offline.
+    #[default]
+    Local,
+    /// An OpenAI-compatible `POST {base_url}/embeddings` endpoint.
+    Openai,
+}
+
+/// `[jobs.embed]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbedConfig {
+    /// Chunk length in characters.
+    pub chunk_size: usize,
+    /// Characters shared by consecutive chunks.
+    pub chunk_overlap: usize,
+    /// `local` (default) or `openai`.
+    pub provider: Provider,
+    /// Vector length. The local embedder always produces this many; for `openai` it is sent as
+    /// `dimensions` when set (models that do not support it reject the request).
+    pub dimensions: Option<usize>,
+    /// Texts per embedding request.
+    pub batch_size: usize,
+    /// `[jobs.embed.openai]`, used when `provider = "openai"`.
+    pub openai: OpenAiConfig,
+}
+
+impl Default for EmbedConfig {
+    fn default() -> Self {
+        EmbedConfig {
+            chunk_size: 1000,
+            chunk_overlap: 200,
+            provider: Provider::Local,
+            dimensions: None,
+            batch_size: 64,
+            openai: OpenAiConfig::default(),
+        }
+    }
+}
+
+/// The local embedder's dimension when `dimensions` is not set.
+pub const DEFAULT_LOCAL_DIMENSIONS: usize = 384;
+
+/// `[jobs.embed.openai]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiConfig {
+    /// Base URL including the version prefix; requests go to `{base_url}/embeddings`.
+    pub base_url: String,
+    /// Model name sent in the request (and part of the content hash).
+    pub model: String,
+    /// Name of the environment variable that holds the API key (the key itself never goes in
+    /// the file). An empty variable name means "send no Authorization header".
+    pub api_key_env: String,
+    /// Time limit of one HTTP request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            base_url: "https://api.openai.com/v1".into(),
+            model: "text-embedding-3-small".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[jobs.documents]`: the table `embed_document` reads and the ones it writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocumentsConfig {
+    /// Table holding the documents (may be the application's own).
+    pub table: String,
+    /// Its `bigint` key column (the payload's `document_id`).
+    pub id_column: String,
+    /// Its text column.
+    pub content_column: String,
+    /// Chunks + embeddings, replaced per document.
+    pub chunks_table: String,
+    /// Content hash per embedded document, so unchanged documents are skipped.
+    pub state_table: String,
+}
+
+impl Default for DocumentsConfig {
+    fn default() -> Self {
+        DocumentsConfig {
+            table: "jobfleet.documents".into(),
+            id_column: "id".into(),
+            content_column: "content".into(),
+            chunks_table: "jobfleet.document_chunks".into(),
+            state_table: "jobfleet.document_embedding_state".into(),
+        }
+    }
+}
+
+/// `[jobs.analytics]`: raw events and the rollups built from them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    /// Raw events (may be the application's own table).
+    pub events_table: String,
+    /// Its `timestamptz` column.
+    pub time_column: String,
+    /// Column the rollups group by (the event name).
+    pub name_column: String,
+    /// Column counted distinctly as `users`.
+    pub user_column: String,
+    /// Rollup table for `granularity = "hour"`.
+    pub rollup_hour_table: String,
+    /// Rollup table for `granularity = "day"`.
+    pub rollup_day_table: String,
+    /// Largest window one job may recompute (a typo in `from` should not rescan a year).
+    #[serde(with = "humantime_serde")]
+    pub max_window: Duration,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig {
+            events_table: "jobfleet.analytics_events".into(),
+            time_column: "occurred_at".into(),
+            name_column: "name".into(),
+            user_column: "user_id".into(),
+            rollup_hour_table: "jobfleet.analytics_rollup_hourly".into(),
+            rollup_day_table: "jobfleet.analytics_rollup_daily".into(),
+            max_window: Duration::from_secs(93 * 86_400),
+        }
+    }
+}
+
+/// `[jobs.matview]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatviewConfig {
+    /// `statement_timeout` of one refresh.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Views a job may refresh (`schema.view`); empty = any materialized view.
+    pub allowed: Vec<String>,
+}
+
+impl Default for MatviewConfig {
+    fn default() -> Self {
+        MatviewConfig {
+            statement_timeout: Duration::from_secs(300),
+            allowed: Vec::new(),
+        }
+    }
+}
+
+/// `[jobs.partitions]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PartitionsConfig {
+    /// Tables a job may partition (`schema.table`); empty = any range-partitioned table.
+    pub allowed_tables: Vec<String>,
+    /// Upper bound of the payload's `months_ahead`.
+    pub max_months_ahead: u32,
+    /// `lock_timeout` while changing partitions (DDL waits for the table's readers/writers).
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+}
+
+impl Default for PartitionsConfig {
+    fn default() -> Self {
+        PartitionsConfig {
+            allowed_tables: Vec::new(),
+            max_months_ahead: 24,
+            lock_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn bad(key: &str, msg: impl std::fmt::Display) -> SetupError {
+    SetupError::Config(format!("jobs.{key}: {msg}"))
+}
+
+fn check_name(key: &str, value: &str) -> Result<(), SetupError> {
+    QualifiedName::parse(value)
+        .map(|_| ())
+        .map_err(|e| bad(key, e))
+}
+
+fn check_column(key: &str, value: &str) -> Result<(), SetupError> {
+    crate::ident::check_ident(value).map_err(|e| bad(key, e))
+}
+
+impl JobsConfig {
+    /// Checks every key; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), SetupError> {
+        let e = &self.embed;
+        if e.chunk_size == 0 {
+            return Err(bad("embed.chunk_size", "must be at least 1"));
+        }
+        if e.chunk_overlap >= e.chunk_size {
+            return Err(bad(
+                "embed.chunk_overlap",
+                format!("must be smaller than chunk_size ({})", e.chunk_size),
+            ));
+        }
+        if e.batch_size == 0 || e.batch_size > 2048 {
+            return Err(bad("embed.batch_size", "must be between 1 and 2048"));
+        }
+        if let Some(d) = e.dimensions
+            && (d == 0 || d > 16_000)
+        {
+            return Err(bad("embed.dimensions", "must be between 1 and 16000"));
+        }
+        if e.provider == Provider::Openai {
+            let url = &e.openai.base_url;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad("embed.openai.base_url", "must be an http(s) URL"));
+            }
+            if e.openai.model.trim().is_empty() {
+                return Err(bad("embed.openai.model", "must not be empty"));
+            }
+            if e.openai.timeout.is_zero() {
+                return Err(bad("embed.openai.timeout", "must be more than 0"));
+            }
+        }
+        let d = &self.documents;
+        check_name("documents.table", &d.table)?;
+        check_column("documents.id_column", &d.id_column)?;
+        check_column("documents.content_column", &d.content_column)?;
+        check_name("documents.chunks_table", &d.chunks_table)?;
+        check_name("documents.state_table", &d.state_table)?;
+        let a = &self.analytics;
+        check_name("analytics.events_table", &a.events_table)?;
+        check_column("analytics.time_column", &a.time_column)?;
+        check_column("analytics.name_column", &a.name_column)?;
+        check_column("analytics.user_column", &a.user_column)?;
+        check_name("analytics.rollup_hour_table", &a.rollup_hour_table)?;
+        check_name("analytics.rollup_day_table", &a.rollup_day_table)?;
+        if a.max_window < Duration::from_secs(86_400) {
+            return Err(bad("analytics.max_window", "must be at least 1 day"));
+        }
+        if self.matview.statement_timeout.is_zero() {
+            return Err(bad("matview.statement_timeout", "must be more than 0"));
+        }
+        for v in &self.matview.allowed {
+            check_name("matview.allowed", v)?;
+        }
+        for t in &self.partitions.allowed_tables {
+            check_name("partitions.allowed_tables", t)?;
+        }
+        if self.partitions.max_months_ahead == 0 || self.partitions.max_months_ahead > 120 {
+            return Err(bad(
+                "partitions.max_months_ahead",
+                "must be between 1 and 120",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_empty_toml_gives_defaults() {
+        JobsConfig::default().validate().unwrap();
+        let c: JobsConfig = toml::from_str("").unwrap();
+        assert_eq!(c, JobsConfig::default());
+    }
+
+    #[test]
+    fn parses_a_full_section_and_refuses_unknown_keys() {
+        let c: JobsConfig = toml::from_str(
+            r#"
+            [embed]
+            chunk_size = 500
+            chunk_overlap = 50
+            provider = "openai"
+            dimensions = 256
+            batch_size = 16
+            [embed.openai]
+            base_url = "http://127.0.0.1:9/v1"
+            model = "m"
+            api_key_env = "MY_KEY"
+            timeout = "5s"
+            [documents]
+            table = "app.articles"
+            content_column = "body"
+            [analytics]
+            events_table = "app.events"
+            time_column = "ts"
+            [matview]
+            statement_timeout = "1m"
+            allowed = ["jobfleet.analytics_daily_totals"]
+            [partitions]
+            allowed_tables = ["app.events"]
+            max_months_ahead = 6
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.embed.provider, Provider::Openai);
+        assert_eq!(c.embed.openai.timeout, Duration::from_secs(5));
+        assert_eq!(c.documents.content_column, "body");
+        assert_eq!(c.documents.id_column, "id");
+        assert_eq!(c.analytics.time_column, "ts");
+        assert_eq!(c.matview.statement_timeout, Duration::from_secs(60));
+        assert_eq!(c.partitions.max_months_ahead, 6);
+
+        let e = toml::from_str::<JobsConfig>("[partitions]\nmonths_ahead = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("months_ahead"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_the_bad_key() {
+        let mut c = JobsConfig::default();
+        c.embed.chunk_overlap = 1000;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("jobs.embed.chunk_overlap"), "{e}");
+
+        let mut c = JobsConfig::default();
+        c.documents.table = "app.docs; drop table x".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("jobs.documents.table"), "{e}");
+
+        let mut c = JobsConfig::default();
+        c.analytics.time_column = "a.b".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("jobs.analytics.time_column"), "{e}");
+
+        let mut c = JobsConfig::default();
+        c.embed.provider = Provider::Openai;
+        c.embed.openai.base_url = "ftp://x".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("jobs.embed.openai.base_url"), "{e}");
+    }
+}

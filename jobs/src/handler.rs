@@ -113,6 +113,11 @@ pub trait Handler: Send + Sync {
     /// The envelope `kind` this handles.
     fn kind(&self) -> &'static str;
 
+    /// The retry policy and timeout this kind gets unless the worker's config overrides it.
+    fn default_policy(&self) -> RetryPolicy {
+        RetryPolicy::default()
+    }
+
     /// Checks the payload without running anything; a bad payload is dead-lettered at once.
     fn validate(&self, payload: &Value) -> Result<(), JobError>;
 
