@@ -116,11 +116,8 @@ enum DlqCmd {
     /// List entries, oldest first.
     List {
         queue: String,
-        #[arg(long)]
-        kind: Option<String>,
-        /// Dead-lettered at or after: RFC 3339 or an age like 2h.
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[arg(long)]
@@ -241,17 +238,11 @@ async fn dlq(cfg: Config, cmd: DlqCmd) -> Result<(), CliError> {
     match cmd {
         DlqCmd::List {
             queue,
-            kind,
-            since,
+            filters,
             limit,
             json,
         } => {
-            let filter = cli::FilterArgs {
-                kind,
-                since,
-                ..Default::default()
-            }
-            .parse()?;
+            let filter = filters.args().parse()?;
             let entries = cli::dlq_list(&*broker, &cfg, &queue, &filter, limit).await?;
             println!("{}", cli::render_dlq_list(&entries, json));
         }

@@ -84,6 +84,12 @@ async fn heartbeat(delivery: &dyn Delivery, visibility: Duration) {
                 tracing::warn!(error = %e, "lease lost while the job ran; cancelling it");
                 return;
             }
+            Err(e @ QueueError::Unsupported { .. }) => {
+                // The backend holds leases by other means (e.g. a consumer channel): nothing
+                // to extend, and nothing to cancel for.
+                tracing::debug!(error = %e, "no heartbeat on this backend");
+                std::future::pending::<()>().await;
+            }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed; trying again"),
         }
     }
