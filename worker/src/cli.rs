@@ -713,7 +713,7 @@ pub struct MigrationStatus {
 async fn db(cfg: &Config) -> Result<sqlx::PgPool, CliError> {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(5))
         .connect(&cfg.database.url)
         .await
         .map_err(|e| {

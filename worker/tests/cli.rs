@@ -341,3 +341,47 @@ fn binary_exit_codes_and_messages() {
     assert_ne!(out.status.code(), Some(0));
     assert!(err.contains("postgres"), "names the backend: {err}");
 }
+
+/// `worker migrate --status` / `worker migrate` on a fresh database of its own.
+#[tokio::test]
+async fn migrate_applies_and_reports_status() {
+    use sqlx::Executor;
+    let base = std::env::var("JOBFLEET_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL on :5432");
+    let name = format!(
+        "jft_mig_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let mut cfg = config(&[("q", Priority::Default, 1, 1)]);
+    cfg.database.url = format!("{prefix}/{name}");
+
+    let before = cli::migrate_status(&cfg).await.unwrap();
+    assert!(!before.is_empty());
+    assert!(before.iter().all(|m| !m.applied), "{before:?}");
+    assert!(cli::render_migrations(&before).starts_with("pending"));
+    let after = cli::migrate(&cfg).await.unwrap();
+    assert!(after.iter().all(|m| m.applied), "{after:?}");
+    let again = cli::migrate(&cfg).await.unwrap();
+    assert_eq!(after, again, "idempotent");
+
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .await
+        .unwrap();
+
+    let mut down = cfg.clone();
+    down.database.url = "postgres://postgres@127.0.0.1:1/none".into();
+    let err = cli::migrate_status(&down).await.unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+}
