@@ -134,9 +134,14 @@ async fn poison_messages_are_dead_lettered_with_reasons_while_others_flow() {
         let w = start(&tb, &q, Duration::from_secs(5), reg);
 
         let mut expect = vec![];
-        if let Some(raw) = &tb.raw {
-            raw.push_raw(&q, b"this is not json");
+        if tb.send_raw(&q, "this is not json").await {
             expect.push("not valid JSON");
+        }
+        if tb
+            .send_raw(&q, r#"{"v":2,"id":"x","kind":"count","queue":"q"}"#)
+            .await
+        {
+            expect.push("unsupported envelope version");
         }
         let unknown = Envelope::new("no_such_kind", &q, json!({}));
         let invalid = Envelope::new("sleep", &q, json!({"ms": "soon"}));

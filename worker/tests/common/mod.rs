@@ -14,12 +14,38 @@ use serde_json::Value;
 use worker::Config;
 use worker::config::{Priority, QueueConfig};
 
-/// A broker under test; `raw` is set for the memory backend (writes non-envelope bodies).
+/// A broker under test.
 pub struct TestBroker {
     pub name: &'static str,
     pub broker: Arc<dyn Broker>,
     pub config: BrokerConfig,
+    /// Memory backend handle, for writing bodies that are not envelopes.
     pub raw: Option<MemoryBroker>,
+}
+
+impl TestBroker {
+    /// Writes `body` to `queue` as a foreign client would, bypassing the envelope. Returns
+    /// false where this harness has no way to (the test then leaves that case out).
+    pub async fn send_raw(&self, queue: &str, body: &str) -> bool {
+        if let Some(m) = &self.raw {
+            m.push_raw(queue, body.as_bytes());
+            return true;
+        }
+        if self.config.backend == BackendKind::Postgres {
+            let pool = sqlx::PgPool::connect(self.config.url.as_deref().unwrap())
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO jobfleet.messages (ns, queue, body) VALUES ($1, $2, $3)")
+                .bind(&self.config.namespace)
+                .bind(queue)
+                .bind(body)
+                .execute(&pool)
+                .await
+                .unwrap();
+            return true;
+        }
+        false
+    }
 }
 
 fn env_or(var: &str, default: &str) -> String {
@@ -36,10 +62,9 @@ pub fn real_configs() -> Vec<BrokerConfig> {
     [
         BrokerConfig::new(
             BackendKind::Postgres,
-            env_or(
-                "JOBFLEET_TEST_POSTGRES_URL",
-                "postgres://postgres@127.0.0.1:5432/test",
-            ),
+            std::env::var("JOBFLEET_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+                env_or("JOBFLEET_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
+            }),
         ),
         BrokerConfig::new(
             BackendKind::Redis,
