@@ -189,8 +189,9 @@ impl Inner {
     }
 
     async fn open(&self) -> Result<Conn> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("jobfleet pid {}", std::process::id()).into());
+        // Named so an operator can tell deployments and processes apart in `list_connections`.
+        let name = format!("jobfleet {} pid {}", self.names.ns(), std::process::id());
+        let props = ConnectionProperties::default().with_connection_name(name.into());
         let connection = Connection::connect(&self.amqp_url, props)
             .await
             .map_err(|e| self.unavailable(e))?;
@@ -374,15 +375,16 @@ impl Inner {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
+        // Started together so every frame is queued before the first write is awaited: one
+        // trip through lapin's IO loop for the batch, not one per message.
+        let sends = items.map(|it| {
+            let key = topology::short(&self.routing_key(&it.target));
+            c.publish
+                .basic_publish("".into(), key, opts, &it.body, it.props.clone())
+        });
         let mut pending = Vec::new();
-        for it in items {
-            let key = self.routing_key(&it.target);
-            let confirm = c
-                .publish
-                .basic_publish("".into(), key.into(), opts, &it.body, it.props.clone())
-                .await
-                .map_err(|e| self.err("basic.publish", e))?;
-            pending.push(confirm);
+        for sent in futures::future::join_all(sends).await {
+            pending.push(sent.map_err(|e| self.err("basic.publish", e))?);
         }
         let all = futures::future::join_all(pending);
         let results = tokio::time::timeout(CONFIRM_TIMEOUT, all)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -490,11 +490,18 @@ impl RabbitDelivery {
     }
 
     async fn ack_now(&self) -> Result<()> {
-        // A closed channel means the broker has already requeued it.
-        self.channel
+        // AMQP 0-9-1 acks get no reply, so waiting for lapin's IO loop to write the frame
+        // proves nothing more than queueing it does; the first poll queues it (or fails at
+        // once on a closed channel, which means the broker has already requeued the message).
+        // Not waiting for the write lets acks from many handlers share socket writes.
+        match self
+            .channel
             .basic_ack(self.tag, BasicAckOptions::default())
-            .await
-            .map_err(|_| self.lost())
+            .now_or_never()
+        {
+            Some(Err(_)) => Err(self.lost()),
+            Some(Ok(())) | None => Ok(()),
+        }
     }
 
     /// Writes `out` (confirmed), then acks this delivery; on a failed write the delivery is

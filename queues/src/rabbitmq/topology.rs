@@ -41,6 +41,10 @@ impl Names {
         Names { ns: ns.to_owned() }
     }
 
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
     /// The quorum queue jobs are consumed from: `<ns>.<queue>`.
     pub fn main(&self, queue: &str) -> String {
         format!("{}.{queue}", self.ns)

@@ -79,3 +79,161 @@ impl Harness for Rabbit {
 }
 
 queues::conformance_suite!(Rabbit::new());
+
+/// RabbitMQ-specific cases beyond the shared suite.
+mod extra {
+    use std::time::Duration;
+
+    use anyhow::{Context, ensure};
+    use queues::conformance::unique_queue;
+    use queues::rabbitmq::RabbitBroker;
+    use queues::{Broker, Envelope, QueueError, QueueSpec};
+    use serde_json::json;
+    use tokio::time::Instant;
+
+    use super::Rabbit;
+    use crate::support;
+
+    /// Closes every broker connection whose name mentions `marker` (our connection name carries
+    /// the namespace), as a broker restart or a network cut would.
+    async fn kill_connections(marker: &str) -> anyhow::Result<usize> {
+        let out = support::run(
+            "rabbitmqctl",
+            &[
+                "list_connections",
+                "-q",
+                "--no-table-headers",
+                "pid",
+                "client_properties",
+            ],
+            None,
+        )
+        .await?;
+        let mut n = 0;
+        for line in out.lines().filter(|l| l.contains(marker)) {
+            let pid = line.split('\t').next().context("connection pid")?;
+            support::run(
+                "rabbitmqctl",
+                &["close_connection", pid, "test: simulated outage"],
+                None,
+            )
+            .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn receive_one(b: &RabbitBroker, q: &str) -> anyhow::Result<Box<dyn queues::Delivery>> {
+        use queues::Consumer;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            ensure!(Instant::now() < deadline, "nothing received within 15 s");
+            match b.receive(q, 1, Duration::from_secs(2)).await {
+                Ok(mut got) if !got.is_empty() => return Ok(got.remove(0)),
+                Ok(_) => {}
+                // Reconnecting may take a round or two right after the cut.
+                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn reconnects_after_connection_loss_and_loses_nothing() -> anyhow::Result<()> {
+        let ns = format!("jfcut{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut cfg = Rabbit::new().config(&Rabbit::new().url);
+        cfg.namespace = ns.clone();
+        let b = RabbitBroker::connect(&cfg).await?;
+        let q = unique_queue("cut");
+        b.declare(&QueueSpec::new(&q)).await?;
+        use queues::Producer;
+        let first = Envelope::new("k", &q, json!({"n": 1}));
+        b.send(&first).await?;
+        let held = receive_one(&b, &q).await?;
+        ensure!(held.message().id() == first.id);
+
+        // Give the broker's connection listing a moment to show the new connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ensure!(
+            kill_connections(&ns).await? >= 1,
+            "no connection of ours found"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // The lease died with the channel: settling it says so, nothing panics.
+        let err = held.ack().await.expect_err("ack on a dead channel");
+        ensure!(matches!(err, QueueError::LeaseLost { .. }), "got {err:?}");
+
+        // The next operations reconnect by themselves.
+        let second = Envelope::new("k", &q, json!({"n": 2}));
+        b.send(&second).await?;
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let d = receive_one(&b, &q).await?;
+            seen.push((d.message().id().to_owned(), d.message().receive_count()));
+            d.ack().await?;
+        }
+        ensure!(
+            seen.iter().any(|(id, n)| *id == first.id && *n >= 2),
+            "the unacked message did not come back as a redelivery: {seen:?}"
+        );
+        ensure!(seen.iter().any(|(id, _)| *id == second.id), "{seen:?}");
+        Ok(())
+    }
+
+    /// A rough figure on the debug build (the real bench is `queues/benches`): run with
+    /// `cargo nextest run -p jobfleet-queues -E 'test(/throughput/)' --run-ignored only`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn throughput() -> anyhow::Result<()> {
+        use queues::{Consumer, Inspector, Producer};
+        let b = std::sync::Arc::new(
+            RabbitBroker::connect(&Rabbit::new().config(&Rabbit::new().url)).await?,
+        );
+        let q = unique_queue("tput");
+        b.declare(&QueueSpec::new(&q)).await?;
+        let n = 20_000usize;
+        let envs: Vec<_> = (0..n)
+            .map(|i| Envelope::new("noop", &q, json!({"n": i})))
+            .collect();
+        let t = Instant::now();
+        for chunk in envs.chunks(500) {
+            b.send_batch(chunk).await?;
+        }
+        let sent = t.elapsed();
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (b, q) = (b.clone(), q.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0usize;
+                loop {
+                    let got = b.receive(&q, 50, Duration::from_millis(500)).await?;
+                    if got.is_empty() {
+                        return anyhow::Ok(n);
+                    }
+                    for d in got {
+                        d.ack().await?;
+                        n += 1;
+                    }
+                }
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await??;
+        }
+        let recv = t.elapsed().saturating_sub(Duration::from_millis(500));
+        let t = Instant::now();
+        let depth = b.depth(&q).await?;
+        println!(
+            "send {n}: {:.0}/s; receive+ack {total}: {:.0}/s; total {:.0}/s; depth() took {:?}: {depth:?}",
+            n as f64 / sent.as_secs_f64(),
+            total as f64 / recv.as_secs_f64(),
+            n as f64 / (sent + recv).as_secs_f64(),
+            t.elapsed()
+        );
+        ensure!(total == n);
+        Ok(())
+    }
+}
