@@ -475,7 +475,7 @@ fn envelope_props(e: &Envelope) -> BasicProperties {
         .with_content_type("application/json".into())
         .with_message_id(topology::short(&e.id))
         .with_type(topology::short(&e.kind))
-        .with_app_id("jobfleet".into())
+        .with_app_id(topology::APP_ID.into())
         .with_timestamp(u64::try_from(Utc::now().timestamp()).unwrap_or_default())
 }
 

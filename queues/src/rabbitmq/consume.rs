@@ -243,10 +243,7 @@ async fn forward(
                 break;
             }
         };
-        let headers = d.properties.headers().as_ref();
-        let remaining_ms = topology::header_u64(headers, H_NOT_BEFORE)
-            .and_then(|nb| i64::try_from(nb).ok())
-            .map_or(0, |nb| nb - Utc::now().timestamp_millis());
+        let remaining_ms = not_before(&d).map_or(0, |nb| nb - Utc::now().timestamp_millis());
         if remaining_ms > topology::HOP_SLACK.as_millis() as i64 {
             let Some(inner) = inner.upgrade() else { break };
             hopping.fetch_add(1, Ordering::Relaxed);
@@ -263,6 +260,30 @@ async fn forward(
             break;
         }
     }
+}
+
+/// When a delivery is due (ms since the epoch), if it says. jobfleet's own delayed copies carry
+/// the header; a job another client published straight to the queue with a future `run_at` is
+/// held back by its body (parsed only for foreign messages, which lack our `app_id`).
+fn not_before(d: &AmqpDelivery) -> Option<i64> {
+    if let Some(nb) = topology::header_u64(d.properties.headers().as_ref(), H_NOT_BEFORE) {
+        return i64::try_from(nb).ok();
+    }
+    let ours = d
+        .properties
+        .app_id()
+        .as_ref()
+        .is_some_and(|a| a.as_str() == topology::APP_ID);
+    if ours {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct RunAt {
+        run_at: Option<chrono::DateTime<Utc>>,
+    }
+    // A body that doesn't parse is handed out as it is, and dead-lettered by the worker.
+    let r: RunAt = serde_json::from_slice(&d.data).ok()?;
+    r.run_at.map(|t| t.timestamp_millis())
 }
 
 /// Sends an early arrival round the next delay bucket (confirmed) and only then acks it here.

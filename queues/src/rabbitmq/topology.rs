@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+/// `app_id` of messages jobfleet writes; others are "foreign" (see `consume::not_before`).
+pub const APP_ID: &str = "jobfleet";
+
 /// Header: deliveries this body had before it was republished (delayed nack, hop of a long
 /// delay), so `receive_count` survives a republish.
 pub const H_RECEIVE_COUNT: &str = "x-jobfleet-receive-count";

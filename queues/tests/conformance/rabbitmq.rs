@@ -181,6 +181,30 @@ mod extra {
         Ok(())
     }
 
+    /// A job another client published straight to the queue with a future `run_at` waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn foreign_run_at_is_honoured() -> anyhow::Result<()> {
+        use queues::Consumer;
+        use queues::conformance::Harness;
+        let h = Rabbit::new();
+        let b = RabbitBroker::connect(&h.config(&h.url)).await?;
+        let q = unique_queue("fdelay");
+        b.declare(&QueueSpec::new(&q)).await?;
+        let run_at = chrono::Utc::now() + chrono::Duration::seconds(2);
+        let body = json!({
+            "v": 1, "id": "foreign-delayed", "kind": "k", "queue": q, "payload": {},
+            "enqueued_at": chrono::Utc::now(), "run_at": run_at,
+        });
+        h.native_send(&q, &body.to_string()).await?;
+        let early = b.receive(&q, 1, Duration::from_secs(1)).await?;
+        ensure!(early.is_empty(), "delivered before run_at");
+        let d = receive_one(&b, &q).await?;
+        ensure!(chrono::Utc::now() >= run_at, "delivered before run_at");
+        ensure!(d.message().id() == "foreign-delayed" && d.message().receive_count() == 1);
+        d.ack().await?;
+        Ok(())
+    }
+
     /// A rough figure on the debug build (the real bench is `queues/benches`): run with
     /// `cargo nextest run -p jobfleet-queues -E 'test(/throughput/)' --run-ignored only`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
