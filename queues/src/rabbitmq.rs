@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     visibility: Mutex<HashMap<String, Duration>>,
     /// Deliveries handed out and not settled, per queue (this process only).
     in_flight: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Open DLQ listings by queue, so the next page continues where the last one stopped.
+    list_sessions: tokio::sync::Mutex<HashMap<String, dlq::ListSession>>,
 }
 
 #[derive(Clone)]
@@ -136,6 +138,7 @@ impl RabbitBroker {
                 buckets: Mutex::new(HashMap::new()),
                 visibility: Mutex::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
+                list_sessions: tokio::sync::Mutex::new(HashMap::new()),
             }),
         };
         broker.inner.conn().await?;

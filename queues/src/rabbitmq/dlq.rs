@@ -7,6 +7,7 @@
 //! holds entries, other listings do not see them; if the process dies, the connection drop
 //! returns them at once.
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,12 +16,13 @@ use lapin::Channel;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::protocol::AMQPSoftError;
+use lapin::types::ChannelId;
+use tokio::time::Instant;
 
 use super::topology::{self, H_BROKER_ID, H_DEAD_AT, H_REASON};
 use super::{Inner, is_soft};
 use crate::broker::{DlqEntry, DlqPage, DlqScan};
 use crate::error::{QueueError, Result};
-use std::sync::Arc;
 
 fn entry(queue: &str, d: &AmqpDelivery) -> DlqEntry {
     let h = d.properties.headers().as_ref();
@@ -76,8 +78,23 @@ async fn release(ch: &Channel) {
     }
 }
 
+/// A listing in progress: the channel holding the entries before the cursor (taken, unacked)
+/// and the first entry of the next page. The cursor stays a plain offset, valid in any process;
+/// a session only saves the next page of this process from skipping the first `offset`
+/// entries again, which is what makes paging through 100k entries linear instead of quadratic.
+pub(crate) struct ListSession {
+    ch: Channel,
+    /// Entries before `pending`.
+    position: usize,
+    pending: Option<AmqpDelivery>,
+    last_used: Instant,
+}
+
+/// An unused listing gives its entries back after this.
+const SESSION_IDLE: Duration = Duration::from_secs(30);
+
 pub(crate) async fn list(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     queue: &str,
     limit: usize,
     cursor: Option<&str>,
@@ -92,35 +109,107 @@ pub(crate) async fn list(
         return Ok(DlqPage::default());
     }
     let dlq = inner.names.dlq(queue);
-    let ch = inner.channel().await?;
-    let want = offset + limit + 1;
-    let mut got = Vec::new();
-    let res = async {
-        while got.len() < want {
-            match take(inner, &ch, &dlq).await? {
-                Some(d) => got.push(d),
-                None => break,
+    let mut sessions = inner.list_sessions.lock().await;
+    let mut s = match sessions.remove(queue) {
+        Some(s) if s.position == offset && s.ch.status().connected() => s,
+        other => {
+            if let Some(old) = other {
+                release(&old.ch).await;
+            }
+            ListSession {
+                ch: inner.channel().await?,
+                position: 0,
+                pending: None,
+                last_used: Instant::now(),
             }
         }
-        Ok::<_, QueueError>(())
+    };
+    let res = page(inner, &dlq, queue, &mut s, offset, limit).await;
+    match res {
+        Ok((entries, more)) if more => {
+            s.last_used = Instant::now();
+            let id = s.ch.id();
+            sessions.insert(queue.to_owned(), s);
+            tokio::spawn(expire_session(Arc::downgrade(inner), queue.to_owned(), id));
+            Ok(DlqPage {
+                next_cursor: Some((offset + entries.len()).to_string()),
+                entries,
+            })
+        }
+        Ok((entries, _)) => {
+            release(&s.ch).await;
+            Ok(DlqPage {
+                entries,
+                next_cursor: None,
+            })
+        }
+        Err(e) => {
+            release(&s.ch).await;
+            Err(e)
+        }
     }
-    .await;
-    release(&ch).await;
-    res?;
-    let more = got.len() > offset + limit;
-    let entries: Vec<DlqEntry> = got
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|d| entry(queue, d))
-        .collect();
-    Ok(DlqPage {
-        next_cursor: more.then(|| (offset + limit).to_string()),
-        entries,
-    })
+}
+
+/// Moves `s` to `offset` (skipping entries on a fresh session), takes up to `limit` entries
+/// and one more to know whether another page follows (kept as `pending`).
+async fn page(
+    inner: &Inner,
+    dlq: &str,
+    queue: &str,
+    s: &mut ListSession,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<DlqEntry>, bool)> {
+    while s.position < offset {
+        if s.pending.take().is_none() && take(inner, &s.ch, dlq).await?.is_none() {
+            return Ok((Vec::new(), false));
+        }
+        s.position += 1;
+    }
+    let mut entries = Vec::new();
+    while entries.len() < limit {
+        let next = match s.pending.take() {
+            Some(d) => Some(d),
+            None => take(inner, &s.ch, dlq).await?,
+        };
+        let Some(d) = next else {
+            return Ok((entries, false));
+        };
+        entries.push(entry(queue, &d));
+        s.position += 1;
+    }
+    s.pending = take(inner, &s.ch, dlq).await?;
+    Ok((entries, s.pending.is_some()))
+}
+
+async fn expire_session(inner: Weak<Inner>, queue: String, id: ChannelId) {
+    loop {
+        tokio::time::sleep(SESSION_IDLE).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut sessions = inner.list_sessions.lock().await;
+        match sessions.get(&queue) {
+            Some(s) if s.ch.id() == id => {
+                if s.last_used.elapsed() >= SESSION_IDLE {
+                    if let Some(s) = sessions.remove(&queue) {
+                        release(&s.ch).await;
+                    }
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Gives back what a listing of `queue` holds, so a replay, purge or lookup sees every entry.
+async fn end_listing(inner: &Inner, queue: &str) {
+    if let Some(s) = inner.list_sessions.lock().await.remove(queue) {
+        release(&s.ch).await;
+    }
 }
 
 pub(crate) async fn get(inner: &Inner, queue: &str, id: &str) -> Result<Option<DlqEntry>> {
+    end_listing(inner, queue).await;
     let dlq = inner.names.dlq(queue);
     let mut ch = inner.channel().await?;
     let count = inner.ready_count(&mut ch, &dlq).await?;
@@ -151,6 +240,7 @@ pub(crate) async fn scan(
     queue: &str,
     _hold: Duration,
 ) -> Result<Box<dyn DlqScan>> {
+    end_listing(inner, queue).await;
     let dlq = inner.names.dlq(queue);
     let mut ch = inner.channel().await?;
     let remaining = inner.ready_count(&mut ch, &dlq).await?;
