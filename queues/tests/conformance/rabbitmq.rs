@@ -254,6 +254,25 @@ mod extra {
         Ok(())
     }
 
+    /// A queue deleted behind the producer's back is declared again on the bounced publish;
+    /// the message is not silently dropped by the default exchange.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn publish_to_deleted_queue_is_not_lost() -> anyhow::Result<()> {
+        use queues::Producer;
+        let h = Rabbit::new();
+        let b = RabbitBroker::connect(&h.config(&h.url)).await?;
+        let q = unique_queue("gone");
+        b.declare(&QueueSpec::new(&q)).await?;
+        let name = format!("{}.{q}", super::NAMESPACE);
+        support::run("rabbitmqctl", &["delete_queue", "-q", &name], None).await?;
+        let e = Envelope::new("k", &q, json!({}));
+        b.send(&e).await?;
+        let d = receive_one(&b, &q).await?;
+        ensure!(d.message().id() == e.id);
+        d.ack().await?;
+        Ok(())
+    }
+
     /// A rough figure on the debug build (the real bench is `queues/benches`): run with
     /// `cargo nextest run -p jobfleet-queues -E 'test(/throughput/)' --run-ignored only`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
