@@ -71,6 +71,14 @@ rabbitmq_up() {
   wait_port 5672 90 RabbitMQ
 }
 
+rabbitmq_policy() {
+  # Test runs create queues under the `jftest` namespace; let the broker drop them after an
+  # hour unused so a dev machine doesn't accumulate thousands.
+  command -v rabbitmqctl >/dev/null 2>&1 || return 0
+  rabbitmqctl set_policy -q --apply-to queues jobfleet-test-expiry \
+    '^(jftest|jfcut[0-9a-f]+)\.' '{"expires":3600000}' >/dev/null 2>&1 || true
+}
+
 venv_up() {
   local stamp="$VENV/.jobfleet-pkgs"
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${PY_PKGS[*]}" ]; then
@@ -112,6 +120,7 @@ case "${1:-up}" in
     postgres_up
     redis_up
     rabbitmq_up
+    rabbitmq_policy
     moto_up
     ;;
   status) status ;;

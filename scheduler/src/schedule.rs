@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn shipped_example_schedules_are_valid() {
-        let text = include_str!("../schedules.example.toml");
+        let text = include_str!("../../deploy/config.example.toml");
         let cfg = Config::parse(text).unwrap();
         cfg.validate().unwrap();
         let all = CompiledSchedule::compile_all(&cfg).unwrap();

@@ -39,6 +39,9 @@ pub async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::R
 
 /// The Python of the project's virtualenv (boto3, pika), made by `scripts/services.sh up`.
 pub fn python() -> String {
+    if let Ok(p) = std::env::var("JOBFLEET_PYTHON") {
+        return p;
+    }
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let venv = format!("{root}/.venv/bin/python");
     if std::path::Path::new(&venv).exists() {
