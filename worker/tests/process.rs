@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{TestBroker, real_brokers, wait_until};
 use jobs::Registry;
 use queues::conformance::unique_queue;
-use queues::{BrokerConfig, Envelope};
+use queues::{BrokerConfig, Envelope, QueueSpec};
 use serde_json::json;
 use worker::stats::SnapshotSource;
 use worker::{Shutdown, Worker};
@@ -95,19 +95,36 @@ async fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
+/// Waits until the one job sent is no longer waiting: the worker process holds it. (Not
+/// `in_flight == 1`: RabbitMQ's in-flight count is per process and this one consumes nothing.)
 async fn wait_in_flight(tb: &TestBroker, q: &str) {
     wait_until(
         Duration::from_secs(30),
         "the worker took the job",
-        || async { tb.broker.depth(q).await.unwrap().in_flight == 1 },
+        || async {
+            let d = tb.broker.depth(q).await.unwrap();
+            d.visible == 0 && d.delayed == 0
+        },
     )
     .await;
+    // Let the job start inside the worker.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Declares the queue as the worker will, so this process can inspect it before the worker
+/// process has started.
+async fn declare(tb: &TestBroker, q: &str) {
+    tb.broker
+        .declare(&QueueSpec::new(q).with_visibility(Duration::from_secs(2)))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn sigterm_lets_a_long_job_finish_and_exits_zero() {
     for tb in real_brokers().await {
         let q = unique_queue("term");
+        declare(&tb, &q).await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), &tb.config, &q, 20);
         let mut child = spawn_worker(&cfg);
@@ -131,6 +148,7 @@ async fn sigterm_lets_a_long_job_finish_and_exits_zero() {
 async fn sigterm_hands_back_what_outlives_the_grace() {
     for tb in real_brokers().await {
         let q = unique_queue("grace");
+        declare(&tb, &q).await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), &tb.config, &q, 1);
         let mut child = spawn_worker(&cfg);
@@ -156,6 +174,7 @@ async fn sigterm_hands_back_what_outlives_the_grace() {
 async fn sigkilled_workers_job_is_completed_by_another_worker() {
     for tb in real_brokers().await {
         let q = unique_queue("kill");
+        declare(&tb, &q).await;
         let dir = tempfile::tempdir().unwrap();
         let cfg_path = write_config(dir.path(), &tb.config, &q, 20);
         let mut child = spawn_worker(&cfg_path);
