@@ -56,39 +56,53 @@ diag_sleep = "{queue}"
     path
 }
 
-fn spawn_worker(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_worker"))
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("JOBFLEET_DIAGNOSTIC_KINDS", "1")
-        .env_remove("JOBFLEET_CONFIG")
-        .env_remove("JOBFLEET_BROKER_URL")
-        .env_remove("JOBFLEET_BROKER_BACKEND")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the worker binary")
+/// The worker process; killed if the test fails before it exited, so no worker outlives it.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
-fn signal(child: &Child, sig: &str) {
+fn spawn_worker(config: &Path) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_worker"))
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("JOBFLEET_DIAGNOSTIC_KINDS", "1")
+            .env_remove("JOBFLEET_CONFIG")
+            .env_remove("JOBFLEET_BROKER_URL")
+            .env_remove("JOBFLEET_BROKER_BACKEND")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the worker binary"),
+    )
+}
+
+fn signal(child: &Proc, sig: &str) {
     let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
+        .args([sig, &child.0.id().to_string()])
         .status()
         .unwrap()
         .success();
     assert!(ok, "kill {sig} failed");
 }
 
-async fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+async fn wait_exit(child: &mut Proc, limit: Duration) -> ExitStatus {
     let t0 = Instant::now();
     loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             return s;
         }
         if t0.elapsed() > limit {
-            let _ = child.kill();
+            let _ = child.0.kill();
             panic!("worker did not exit within {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
