@@ -54,7 +54,10 @@ fn parse_args() -> Result<Args, String> {
         if flag == "--bench" {
             continue;
         }
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v}: {e}"));
         match flag.as_str() {
             "--backend" => {
@@ -116,7 +119,9 @@ async fn main() {
 async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = BrokerConfig::new(
         a.backend,
-        a.url.clone().unwrap_or_else(|| a.backend.default_url().into()),
+        a.url
+            .clone()
+            .unwrap_or_else(|| a.backend.default_url().into()),
     );
     cfg.namespace = "jfbench".into();
     let broker = queues::connect(&cfg).await?;
@@ -154,9 +159,24 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let drain_time = finished - t1;
     let total = finished - t0;
 
-    println!("send:              {:>8} msgs in {:>8.3} s = {:>10.0} msgs/s", a.messages, send.as_secs_f64(), rate(a.messages, send));
-    println!("receive+ack:       {:>8} msgs in {:>8.3} s = {:>10.0} msgs/s", a.messages, drain_time.as_secs_f64(), rate(a.messages, drain_time));
-    println!("send+receive+ack:  {:>8} msgs in {:>8.3} s = {:>10.0} msgs/s", a.messages, total.as_secs_f64(), rate(a.messages, total));
+    println!(
+        "send:              {:>8} msgs in {:>8.3} s = {:>10.0} msgs/s",
+        a.messages,
+        send.as_secs_f64(),
+        rate(a.messages, send)
+    );
+    println!(
+        "receive+ack:       {:>8} msgs in {:>8.3} s = {:>10.0} msgs/s",
+        a.messages,
+        drain_time.as_secs_f64(),
+        rate(a.messages, drain_time)
+    );
+    println!(
+        "send+receive+ack:  {:>8} msgs in {:>8.3} s = {:>10.0} msgs/s",
+        a.messages,
+        total.as_secs_f64(),
+        rate(a.messages, total)
+    );
     println!(
         "latency (backlog, enqueue → receive): p50 {}  p99 {}",
         ms(percentile(&lat, 0.50)),
@@ -171,7 +191,15 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             let queue = queue.clone();
             let sent_at = sent_at.clone();
             tokio::spawn(async move {
-                drain(&broker, &queue, a.probe, a.consumers, a.batch, Some(sent_at)).await
+                drain(
+                    &broker,
+                    &queue,
+                    a.probe,
+                    a.consumers,
+                    a.batch,
+                    Some(sent_at),
+                )
+                .await
             })
         };
         // Let the consumers settle into their long poll.
@@ -231,7 +259,9 @@ async fn drain(
             let mut lat = Vec::new();
             let mut idle = 0;
             while (done.load(Ordering::Relaxed) as usize) < n && idle < 20 {
-                let got = broker.receive(&queue, batch, Duration::from_millis(500)).await?;
+                let got = broker
+                    .receive(&queue, batch, Duration::from_millis(500))
+                    .await?;
                 if got.is_empty() {
                     idle += 1;
                     continue;
@@ -264,7 +294,9 @@ async fn drain(
         match t.await {
             Ok(r) => all.extend(r?),
             Err(e) => {
-                return Err(queues::QueueError::Config(format!("consumer task died: {e}")));
+                return Err(queues::QueueError::Config(format!(
+                    "consumer task died: {e}"
+                )));
             }
         }
     }

@@ -31,8 +31,8 @@ use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 use tokio::time::Instant;
 
 use crate::broker::{
-    Broker, Consumer, DEFAULT_VISIBILITY, DeadLetters, Delivery, Depth, DlqEntry, DlqPage,
-    DlqScan, Inspector, Message, Producer, QueueSpec,
+    Broker, Consumer, DEFAULT_VISIBILITY, DeadLetters, Delivery, Depth, DlqEntry, DlqPage, DlqScan,
+    Inspector, Message, Producer, QueueSpec,
 };
 use crate::config::BrokerConfig;
 use crate::envelope::Envelope;
@@ -654,7 +654,8 @@ impl Consumer for RedisBroker {
                 continue;
             }
             // Redis counts the timeout in whole milliseconds and reads 0 as "forever".
-            self.block(&keys, block.max(Duration::from_millis(2))).await?;
+            self.block(&keys, block.max(Duration::from_millis(2)))
+                .await?;
         }
     }
 }
@@ -697,7 +698,11 @@ impl Inspector for RedisBroker {
 }
 
 /// One DLQ stream entry as `XRANGE` returns it.
-fn dlq_entry(queue: &str, sid: &str, fields: &std::collections::HashMap<String, Value>) -> DlqEntry {
+fn dlq_entry(
+    queue: &str,
+    sid: &str,
+    fields: &std::collections::HashMap<String, Value>,
+) -> DlqEntry {
     let text = |k: &str| fields.get(k).and_then(as_string).unwrap_or_default();
     let body = fields.get("body").and_then(as_bytes).unwrap_or_default();
     let at = DateTime::parse_from_rfc3339(&text("at"))
@@ -748,7 +753,8 @@ fn after(cursor: Option<&str>) -> Result<String> {
 
 fn is_stream_id(s: &str) -> bool {
     let mut parts = s.splitn(2, '-');
-    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let ok =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     ok(parts.next()) && ok(parts.next())
 }
 
@@ -758,7 +764,9 @@ impl DeadLetters for RedisBroker {
         crate::validate_queue_name(queue)?;
         let keys = self.inner.keys(queue);
         let limit = limit.max(1);
-        let mut entries = self.xrange(queue, &keys, &after(cursor)?, "+", limit + 1).await?;
+        let mut entries = self
+            .xrange(queue, &keys, &after(cursor)?, "+", limit + 1)
+            .await?;
         let more = entries.len() > limit;
         entries.truncate(limit);
         Ok(DlqPage {
@@ -783,7 +791,11 @@ impl DeadLetters for RedisBroker {
         let Some(sid) = sid.filter(|s| is_stream_id(s)) else {
             return Ok(None);
         };
-        Ok(self.xrange(queue, &keys, &sid, &sid, 1).await?.into_iter().next())
+        Ok(self
+            .xrange(queue, &keys, &sid, &sid, 1)
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn dlq_scan(&self, queue: &str, _hold: Duration) -> Result<Box<dyn DlqScan>> {
@@ -883,7 +895,10 @@ impl Delivery for RedisDelivery {
     async fn ack(&self) -> Result<()> {
         let k = &self.keys;
         let mut inv = SCRIPTS.ack.key(&k.msgs);
-        inv.key(&k.counts).key(&k.inflight).arg(&self.id).arg(self.count);
+        inv.key(&k.counts)
+            .key(&k.inflight)
+            .arg(&self.id)
+            .arg(self.count);
         self.settle("ack", &inv).await
     }
 

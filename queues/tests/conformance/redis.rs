@@ -46,7 +46,11 @@ impl Harness for Redis {
             url: Some("redis://127.0.0.1:1".into()),
             ..self.cfg.clone()
         };
-        Some(RedisBroker::connect(&cfg).await.map(|b| Arc::new(b) as Arc<dyn Broker>))
+        Some(
+            RedisBroker::connect(&cfg)
+                .await
+                .map(|b| Arc::new(b) as Arc<dyn Broker>),
+        )
     }
 }
 
@@ -76,7 +80,8 @@ async fn native_run_at_is_honoured() -> anyhow::Result<()> {
     let (b, q) = declared(&h, Duration::from_secs(30)).await?;
     let run_at = chrono::Utc::now() + chrono::Duration::seconds(2);
     let env = Envelope::new("k", &q, serde_json::json!({})).with_run_at(run_at);
-    h.native_send(&q, &String::from_utf8(env.to_bytes())?).await?;
+    h.native_send(&q, &String::from_utf8(env.to_bytes())?)
+        .await?;
     let early = b.receive(&q, 10, Duration::from_millis(800)).await?;
     anyhow::ensure!(early.is_empty(), "delivered before run_at");
     let d = b.depth(&q).await?;
@@ -84,7 +89,10 @@ async fn native_run_at_is_honoured() -> anyhow::Result<()> {
     let got = b.receive(&q, 10, Duration::from_secs(5)).await?;
     anyhow::ensure!(got.len() == 1, "not delivered after run_at");
     anyhow::ensure!(chrono::Utc::now() >= run_at - chrono::Duration::milliseconds(50));
-    anyhow::ensure!(got[0].message().receive_count() == 1, "the hold counted as a delivery");
+    anyhow::ensure!(
+        got[0].message().receive_count() == 1,
+        "the hold counted as a delivery"
+    );
     got[0].ack().await?;
     Ok(())
 }
@@ -95,7 +103,8 @@ async fn native_run_at_is_honoured() -> anyhow::Result<()> {
 async fn blocked_consumer_sees_short_nack() -> anyhow::Result<()> {
     let h = Redis::new();
     let (b, q) = declared(&h, Duration::from_secs(60)).await?;
-    b.send(&Envelope::new("k", &q, serde_json::json!({}))).await?;
+    b.send(&Envelope::new("k", &q, serde_json::json!({})))
+        .await?;
     let first = b.receive(&q, 1, Duration::from_secs(5)).await?;
     anyhow::ensure!(first.len() == 1);
     let waiter = {
@@ -123,12 +132,16 @@ async fn blocked_consumer_sees_short_nack() -> anyhow::Result<()> {
 async fn stale_lease_cannot_settle() -> anyhow::Result<()> {
     let h = Redis::new();
     let (b, q) = declared(&h, Duration::from_millis(300)).await?;
-    b.send(&Envelope::new("k", &q, serde_json::json!({}))).await?;
+    b.send(&Envelope::new("k", &q, serde_json::json!({})))
+        .await?;
     let old = b.receive(&q, 1, Duration::from_secs(5)).await?;
     let new = b.receive(&q, 1, Duration::from_secs(5)).await?;
     anyhow::ensure!(old.len() == 1 && new.len() == 1);
     anyhow::ensure!(new[0].message().receive_count() == 2);
-    for res in [old[0].ack().await, old[0].extend(Duration::from_secs(5)).await] {
+    for res in [
+        old[0].ack().await,
+        old[0].extend(Duration::from_secs(5)).await,
+    ] {
         anyhow::ensure!(
             matches!(res, Err(QueueError::LeaseLost { .. })),
             "stale lease: {res:?}"
@@ -167,7 +180,12 @@ impl Proxy {
     }
 
     fn stop(&self) {
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -192,7 +210,10 @@ async fn reconnects_after_restart() -> anyhow::Result<()> {
         .err()
         .ok_or_else(|| anyhow::anyhow!("send succeeded with Redis down"))?;
     anyhow::ensure!(matches!(err, QueueError::Unavailable { .. }), "{err:?}");
-    anyhow::ensure!(err.to_string().contains(&url), "error does not name {url}: {err}");
+    anyhow::ensure!(
+        err.to_string().contains(&url),
+        "error does not name {url}: {err}"
+    );
 
     let proxy = Proxy::start(proxy.port).await?;
     let after = Envelope::new("k", &q, serde_json::json!({"n": 2}));
@@ -214,8 +235,14 @@ async fn reconnects_after_restart() -> anyhow::Result<()> {
             d.ack().await?;
         }
     }
-    anyhow::ensure!(ids.contains(&before.id), "the job sent before the outage was lost");
-    anyhow::ensure!(ids.contains(&after.id), "the job sent after the outage was lost");
+    anyhow::ensure!(
+        ids.contains(&before.id),
+        "the job sent before the outage was lost"
+    );
+    anyhow::ensure!(
+        ids.contains(&after.id),
+        "the job sent after the outage was lost"
+    );
     proxy.stop();
     Ok(())
 }
