@@ -15,7 +15,7 @@
 //! Phase 2's latency (enqueue → receive) includes the time a message queued behind the backlog,
 //! so it measures drain order, not the broker; phase 3 is the broker's own delivery latency.
 //! `api calls/msg` is printed when the backend counts its API calls (SQS bills per call);
-//! [`api_calls`] is where such a counter plugs in.
+//! [`Broker::api_calls`] supplies the counter.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,11 +78,9 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// API calls the backend made so far, when it counts them. No backend exposes a counter
-/// through the `Broker` trait yet; once one does (SQS), return it here and the report prints
-/// calls per message.
-fn api_calls(_broker: &dyn Broker) -> Option<u64> {
-    None
+/// API calls the backend made so far, when it counts them (SQS).
+fn api_calls(broker: &dyn Broker) -> Option<u64> {
+    broker.api_calls()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
