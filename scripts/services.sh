@@ -4,8 +4,9 @@
 # moto SQS/CloudWatch endpoint :5000 (in the project's .venv, with boto3, pika and cfn-lint).
 # Idempotent and quiet when everything is already up.
 #
-#   scripts/services.sh up       # check, install, start (default)
-#   scripts/services.sh status   # only report
+#   scripts/services.sh up [SERVICE...]   # check, install, start (default: all)
+#   scripts/services.sh status            # only report
+# SERVICE: postgres redis rabbitmq moto
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -116,12 +117,18 @@ status() {
 
 case "${1:-up}" in
   up)
+    shift || true
+    wanted="${*:-postgres redis rabbitmq moto}"
     clients_up
-    postgres_up
-    redis_up
-    rabbitmq_up
-    rabbitmq_policy
-    moto_up
+    for svc in $wanted; do
+      case "$svc" in
+        postgres) postgres_up ;;
+        redis) redis_up ;;
+        rabbitmq) rabbitmq_up; rabbitmq_policy ;;
+        moto) moto_up ;;
+        *) echo "services: unknown service '$svc' (postgres redis rabbitmq moto)" >&2; exit 2 ;;
+      esac
+    done
     ;;
   status) status ;;
   *) echo "usage: $0 [up|status]" >&2; exit 2 ;;

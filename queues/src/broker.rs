@@ -305,6 +305,12 @@ pub trait Broker: Producer + Consumer + Inspector + DeadLetters {
     /// Checks the broker answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 
+    /// Billable API calls made so far, for backends that charge per call (SQS); `None` where
+    /// calls are free.
+    fn api_calls(&self) -> Option<u64> {
+        None
+    }
+
     /// Creates `spec.name` and its DLQ if missing and records its visibility timeout.
     /// Idempotent. Sending to or receiving from an undeclared queue uses the defaults where the
     /// backend can create queues on the fly.

@@ -509,36 +509,16 @@ async fn fenced_claim_fails_without_the_lease() {
 
 /// End to end: an `ensure_partitions` schedule (daily + at start) enqueued through a real
 /// broker, received, and run by the jobs crate's handler, which must create next month's
-/// partition. Until the PostgreSQL/Redis backends and the handler are merged, the parts that
-/// are not there yet are reported and skipped (the test says which on stderr).
+/// partition.
 #[tokio::test]
 async fn ensure_partitions_end_to_end_through_a_real_broker() {
-    use queues::{BackendKind, BrokerConfig, QueueError, QueueSpec};
+    use queues::{BackendKind, BrokerConfig, QueueSpec};
 
     let pool = pool().await;
     let ns = uniq("e2e");
-    let mut broker = None;
-    for (backend, url) in [
-        (BackendKind::Postgres, DB),
-        (BackendKind::Redis, "redis://127.0.0.1:6379"),
-    ] {
-        let mut cfg = BrokerConfig::new(backend, url);
-        cfg.namespace = ns.clone();
-        match queues::connect(&cfg).await {
-            Ok(b) => {
-                broker = Some(b);
-                break;
-            }
-            Err(QueueError::Unsupported { .. }) => {
-                eprintln!("SKIP part: {backend} backend not built in this tree yet");
-            }
-            Err(e) => panic!("{backend}: {e}"),
-        }
-    }
-    let Some(broker) = broker else {
-        eprintln!("SKIP: no real broker backend in this tree yet (postgres, redis)");
-        return;
-    };
+    let mut cfg = BrokerConfig::new(BackendKind::Postgres, DB);
+    cfg.namespace = ns.clone();
+    let broker = queues::connect(&cfg).await.expect("postgres queue backend");
     broker.declare(&QueueSpec::new(QUEUE)).await.unwrap();
 
     // A monthly-partitioned table of our own.
@@ -585,11 +565,9 @@ async fn ensure_partitions_end_to_end_through_a_real_broker() {
     );
 
     let registry = jobs::registry(pool.clone(), &jobs::JobsConfig::default()).unwrap();
-    let Some(reg) = registry.get("ensure_partitions") else {
-        eprintln!("SKIP part: the ensure_partitions handler is not in this tree yet");
-        got[0].ack().await.unwrap();
-        return;
-    };
+    let reg = registry
+        .get("ensure_partitions")
+        .expect("ensure_partitions is registered");
     let ctx = jobs::JobContext {
         job_id: env.id.clone(),
         queue: env.queue.clone(),

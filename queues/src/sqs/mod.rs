@@ -767,6 +767,10 @@ impl Broker for SqsBroker {
         BACKEND
     }
 
+    fn api_calls(&self) -> Option<u64> {
+        Some(SqsBroker::api_calls(self))
+    }
+
     fn url(&self) -> String {
         self.inner.api.endpoint.clone()
     }
