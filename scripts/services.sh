@@ -77,7 +77,7 @@ rabbitmq_policy() {
   # hour unused so a dev machine doesn't accumulate thousands.
   command -v rabbitmqctl >/dev/null 2>&1 || return 0
   rabbitmqctl set_policy -q --apply-to queues jobfleet-test-expiry \
-    '^(jftest|jfcut[0-9a-f]+)\.' '{"expires":3600000}' >/dev/null 2>&1 || true
+    '^(jft[0-9a-z]*|jfcut[0-9a-f]+)\.' '{"expires":3600000}' >/dev/null 2>&1 || true
 }
 
 venv_up() {

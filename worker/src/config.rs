@@ -273,9 +273,23 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             lease: Duration::from_secs(15),
             admin_addr: "127.0.0.1:9091".parse().expect("valid literal"),
-            schedules: Vec::new(),
+            schedules: default_schedules(),
         }
     }
+}
+
+/// The schedules used when the config lists none (`worker/src/default_schedules.toml`): next
+/// months' partitions daily and at start, the view refresh every 15 minutes, hourly and daily
+/// rollups — all on the jobs' own tables.
+pub fn default_schedules() -> Vec<Schedule> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        schedules: Vec<Schedule>,
+    }
+    toml::from_str::<File>(include_str!("default_schedules.toml"))
+        .expect("the built-in schedules parse (a unit test checks)")
+        .schedules
 }
 
 /// Log output format.
@@ -599,6 +613,28 @@ mod tests {
             err.contains("JOBFLEET_BROKER_BACKEND") && err.contains("kafka"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn built_in_schedules_are_the_default_and_a_listed_one_replaces_them() {
+        let cfg = Config::default();
+        let names: Vec<_> = cfg
+            .scheduler
+            .schedules
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ensure_partitions_events",
+                "refresh_dashboard_stats",
+                "rollup_hourly",
+                "rollup_daily"
+            ]
+        );
+        let cfg = Config::parse("[scheduler]\nschedules = []\n").unwrap();
+        assert!(cfg.scheduler.schedules.is_empty());
     }
 
     #[test]

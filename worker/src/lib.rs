@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cloudwatch;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod diag;
 pub mod pool;
 pub mod runner;

@@ -57,6 +57,9 @@ enum Cmd {
         #[arg(long)]
         max_attempts: Option<u32>,
     },
+    /// A one-minute tour: migrate, enqueue one job of every kind plus one that fails, run them,
+    /// print the results, the queue table and the DLQ entry.
+    Demo,
     /// Inspect, replay or purge a queue's dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -228,6 +231,7 @@ async fn dispatch(args: Cli) -> Result<(), CliError> {
             .await?;
             println!("enqueued {} ({}) on {}", env.id, env.kind, env.queue);
         }
+        Cmd::Demo => println!("{}", worker::demo::run(cfg).await?),
         Cmd::Dlq { cmd } => dlq(cfg, cmd).await?,
     }
     Ok(())
