@@ -537,13 +537,9 @@ impl Config {
             if s.name.is_empty() || !names.insert(s.name.as_str()) {
                 return Err(invalid(key, "needs a unique, non-empty name"));
             }
-            let queue = s.queue.as_deref().or_else(|| self.route(&s.kind));
-            if queue.is_none() {
-                return Err(invalid(
-                    key,
-                    format!("has no queue and [routes] has none for kind `{}`", s.kind),
-                ));
-            }
+            // Whether each schedule has a queue is the scheduler's check (it compiles the
+            // schedules at start): a worker-only config with its own [routes] must not fail on
+            // the built-in schedules it never runs.
         }
         if self.scheduler.lease < Duration::from_secs(2) {
             return Err(invalid("scheduler.lease", "must be at least 2s"));
