@@ -253,6 +253,23 @@ pub struct DlqPage {
     pub next_cursor: Option<String>,
 }
 
+impl DlqPage {
+    /// A page of at most `limit` entries from up to `limit + 1` fetched in order (the extra one
+    /// only tells that more follow); the cursor is the last kept entry's `handle`.
+    pub fn from_overfetch(mut entries: Vec<DlqEntry>, limit: usize) -> DlqPage {
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        DlqPage {
+            next_cursor: if more {
+                entries.last().map(|e| e.handle.clone())
+            } else {
+                None
+            },
+            entries,
+        }
+    }
+}
+
 /// One pass over a DLQ that can remove entries as it goes: what replay and purge are built on.
 /// Entries handed out are reserved for `hold` (backends that can't browse without taking, like
 /// SQS and RabbitMQ); if the process dies, they come back by themselves after that.

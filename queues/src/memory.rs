@@ -270,21 +270,13 @@ impl DeadLetters for MemoryBroker {
         let after = parse_cursor(cursor)?;
         let mut st = self.lock();
         let q = st.queue(queue);
-        let mut it = q.dead.range(after + 1..);
-        let entries: Vec<DlqEntry> = it
-            .by_ref()
-            .take(limit)
+        let entries: Vec<DlqEntry> = q
+            .dead
+            .range(after + 1..)
+            .take(limit.saturating_add(1))
             .map(|(seq, d)| dlq_entry(queue, *seq, d))
             .collect();
-        let more = it.next().is_some();
-        Ok(DlqPage {
-            next_cursor: if more {
-                entries.last().map(|e| e.handle.clone())
-            } else {
-                None
-            },
-            entries,
-        })
+        Ok(DlqPage::from_overfetch(entries, limit))
     }
 
     async fn dlq_scan(&self, queue: &str, _hold: Duration) -> Result<Box<dyn DlqScan>> {

@@ -677,17 +677,8 @@ impl DeadLetters for PgBroker {
     async fn dlq_list(&self, queue: &str, limit: usize, cursor: Option<&str>) -> Result<DlqPage> {
         let after = parse_cursor(cursor)?;
         let limit = limit.max(1);
-        let mut entries = self.dlq_after(queue, after, i64::MAX, limit + 1).await?;
-        let more = entries.len() > limit;
-        entries.truncate(limit);
-        Ok(DlqPage {
-            next_cursor: if more {
-                entries.last().map(|e| e.handle.clone())
-            } else {
-                None
-            },
-            entries,
-        })
+        let entries = self.dlq_after(queue, after, i64::MAX, limit + 1).await?;
+        Ok(DlqPage::from_overfetch(entries, limit))
     }
 
     async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<DlqEntry>> {

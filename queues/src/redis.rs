@@ -764,19 +764,10 @@ impl DeadLetters for RedisBroker {
         crate::validate_queue_name(queue)?;
         let keys = self.inner.keys(queue);
         let limit = limit.max(1);
-        let mut entries = self
+        let entries = self
             .xrange(queue, &keys, &after(cursor)?, "+", limit + 1)
             .await?;
-        let more = entries.len() > limit;
-        entries.truncate(limit);
-        Ok(DlqPage {
-            next_cursor: if more {
-                entries.last().map(|e| e.handle.clone())
-            } else {
-                None
-            },
-            entries,
-        })
+        Ok(DlqPage::from_overfetch(entries, limit))
     }
 
     async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<DlqEntry>> {
