@@ -158,6 +158,42 @@ async fn sigterm_lets_a_long_job_finish_and_exits_zero() {
     }
 }
 
+/// A second signal during the drain exits at once (130) instead of waiting out the grace; the
+/// unsettled job is not lost: it comes back after its visibility timeout.
+#[tokio::test]
+async fn second_signal_exits_at_once() {
+    let tb = real_brokers()
+        .await
+        .into_iter()
+        .find(|b| b.name == "postgres")
+        .expect("postgres backend");
+    let q = unique_queue("twice");
+    declare(&tb, &q).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &tb.config, &q, 60);
+    let mut child = spawn_worker(&cfg);
+    let env = Envelope::new("diag_sleep", &q, json!({"ms": 60_000}));
+    tb.broker.send(&env).await.unwrap();
+    wait_in_flight(&tb, &q).await;
+    signal(&child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let d = tb.broker.depth(&q).await.unwrap();
+    assert_eq!(
+        d.visible + d.in_flight + d.delayed,
+        1,
+        "the job is still on the queue: {d:?}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_hands_back_what_outlives_the_grace() {
     for tb in real_brokers().await {
