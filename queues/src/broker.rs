@@ -254,6 +254,18 @@ pub struct DlqPage {
 }
 
 impl DlqPage {
+    /// Reads a numeric cursor (offset, row id, sequence) handed out by an earlier page; no
+    /// cursor is the start, 0.
+    pub fn numeric_cursor<T: std::str::FromStr + Default>(cursor: Option<&str>) -> Result<T> {
+        cursor.map_or(Ok(T::default()), |c| {
+            c.parse().map_err(|_| {
+                crate::QueueError::Config(format!(
+                    "bad DLQ cursor `{c}` (pass the next_cursor of the previous page)"
+                ))
+            })
+        })
+    }
+
     /// A page of at most `limit` entries from up to `limit + 1` fetched in order (the extra one
     /// only tells that more follow); the cursor is the last kept entry's `handle`.
     pub fn from_overfetch(mut entries: Vec<DlqEntry>, limit: usize) -> DlqPage {
@@ -332,4 +344,18 @@ pub trait Broker: Producer + Consumer + Inspector + DeadLetters {
     /// Idempotent. Sending to or receiving from an undeclared queue uses the defaults where the
     /// backend can create queues on the fly.
     async fn declare(&self, spec: &QueueSpec) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_cursor_reads_offsets_and_rejects_junk() {
+        assert_eq!(DlqPage::numeric_cursor::<u64>(None).unwrap(), 0);
+        assert_eq!(DlqPage::numeric_cursor::<i64>(Some("42")).unwrap(), 42);
+        let err = DlqPage::numeric_cursor::<usize>(Some("page-2")).unwrap_err();
+        assert!(matches!(err, crate::QueueError::Config(_)));
+        assert!(err.to_string().contains("bad DLQ cursor `page-2`"), "{err}");
+    }
 }

@@ -267,7 +267,7 @@ fn dlq_entry(queue: &str, seq: u64, d: &Dead) -> DlqEntry {
 #[async_trait]
 impl DeadLetters for MemoryBroker {
     async fn dlq_list(&self, queue: &str, limit: usize, cursor: Option<&str>) -> Result<DlqPage> {
-        let after = parse_cursor(cursor)?;
+        let after = DlqPage::numeric_cursor::<u64>(cursor)?;
         let mut st = self.lock();
         let q = st.queue(queue);
         let entries: Vec<DlqEntry> = q
@@ -288,13 +288,6 @@ impl DeadLetters for MemoryBroker {
             end,
         }))
     }
-}
-
-fn parse_cursor(cursor: Option<&str>) -> Result<u64> {
-    cursor.map_or(Ok(0), |c| {
-        c.parse()
-            .map_err(|_| QueueError::Config(format!("bad DLQ cursor `{c}`")))
-    })
 }
 
 #[async_trait]
@@ -417,7 +410,7 @@ impl DlqScan for MemoryScan {
     }
 
     async fn remove(&mut self, entry: &DlqEntry) -> Result<()> {
-        let seq: u64 = parse_cursor(Some(&entry.handle))?;
+        let seq: u64 = DlqPage::numeric_cursor::<u64>(Some(&entry.handle))?;
         self.broker.lock().queue(&self.queue).dead.remove(&seq);
         Ok(())
     }

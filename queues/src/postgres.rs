@@ -638,13 +638,6 @@ fn dlq_row(row: &sqlx::postgres::PgRow) -> std::result::Result<DlqEntry, sqlx::E
     ))
 }
 
-fn parse_cursor(cursor: Option<&str>) -> Result<i64> {
-    cursor.map_or(Ok(0), |c| {
-        c.parse()
-            .map_err(|_| QueueError::Config(format!("bad DLQ cursor `{c}`")))
-    })
-}
-
 impl PgBroker {
     async fn dlq_after(
         &self,
@@ -675,7 +668,7 @@ impl PgBroker {
 #[async_trait]
 impl DeadLetters for PgBroker {
     async fn dlq_list(&self, queue: &str, limit: usize, cursor: Option<&str>) -> Result<DlqPage> {
-        let after = parse_cursor(cursor)?;
+        let after = DlqPage::numeric_cursor::<i64>(cursor)?;
         let limit = limit.max(1);
         let entries = self.dlq_after(queue, after, i64::MAX, limit + 1).await?;
         Ok(DlqPage::from_overfetch(entries, limit))
@@ -741,7 +734,7 @@ impl DlqScan for PgScan {
     }
 
     async fn remove(&mut self, entry: &DlqEntry) -> Result<()> {
-        let id = parse_cursor(Some(&entry.handle))?;
+        let id = DlqPage::numeric_cursor::<i64>(Some(&entry.handle))?;
         sqlx::query("DELETE FROM jobfleet.dead_letters WHERE id = $1 AND ns = $2")
             .bind(id)
             .bind(&self.broker.inner.ns)

@@ -99,12 +99,7 @@ pub(crate) async fn list(
     limit: usize,
     cursor: Option<&str>,
 ) -> Result<DlqPage> {
-    let offset: usize = match cursor {
-        None => 0,
-        Some(c) => c
-            .parse()
-            .map_err(|_| QueueError::Config(format!("bad DLQ cursor `{c}`")))?,
-    };
+    let offset: usize = DlqPage::numeric_cursor(cursor)?;
     if limit == 0 {
         return Ok(DlqPage::default());
     }

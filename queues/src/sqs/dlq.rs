@@ -218,12 +218,7 @@ pub(crate) async fn list(
     limit: usize,
     cursor: Option<&str>,
 ) -> Result<DlqPage> {
-    let offset: usize = match cursor {
-        None => 0,
-        Some(c) => c.parse().map_err(|_| {
-            QueueError::Config(format!("bad DLQ cursor `{c}` (expected an offset)"))
-        })?,
-    };
+    let offset: usize = DlqPage::numeric_cursor(cursor)?;
     let mut scan = Scan::start(inner.clone(), queue, BROWSE_HOLD).await?;
     let mut entries = Vec::new();
     let want = offset + limit + 1;
