@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use runtime::{Config, Shutdown};
 use scheduler::{Fired, runner};
-use worker::Config;
 
 #[derive(Parser)]
 #[command(
@@ -45,9 +45,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let path = worker::config::config_path(cli.config.as_deref());
+    let path = runtime::config::config_path(cli.config.as_deref());
     let cfg = Config::load(path.as_deref())?;
-    worker::telemetry::init_tracing(&cfg.log);
+    runtime::telemetry::init_tracing(&cfg.log);
     let pool = runner::connect_db(&cfg)
         .await
         .with_context(|| "connecting to database.url")?;
@@ -64,21 +64,23 @@ async fn main() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Run => {
-            let handle = worker::telemetry::metrics_handle();
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let mut admin_stop = stop_rx.clone();
-            let (addr, admin) = worker::admin::serve(
+            let shutdown = Shutdown::new();
+            shutdown.on_signals(|| {
+                tracing::info!("signal received: stopping (send it again to exit at once)");
+            });
+            // The admin port stops after the loops, so /healthz answers while the lease is let go.
+            let admin_stop = Shutdown::new();
+            let stopped = admin_stop.clone();
+            let (addr, admin) = runtime::admin::serve(
                 cfg.scheduler.admin_addr,
-                handle,
+                runtime::telemetry::metrics_handle(),
                 runner::ready_check(pool),
-                async move {
-                    let _ = admin_stop.wait_for(|s| *s).await;
-                },
+                async move { stopped.wait().await },
             )
             .await?;
             tracing::info!(%addr, "admin HTTP listening");
-            runner::run(core, shutdown_signal()).await?;
-            let _ = stop_tx.send(true);
+            runner::run(core, shutdown.wait()).await?;
+            admin_stop.trigger();
             let _ = admin.await;
         }
         Command::List { json } => {
@@ -99,21 +101,4 @@ async fn main() -> anyhow::Result<()> {
         },
     }
     Ok(())
-}
-
-/// SIGTERM (systemd, Kubernetes) or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use queues::Producer;
+use runtime::Config;
+use runtime::admin::ReadyCheck;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio_cron_scheduler::{Job, JobScheduler};
-use worker::Config;
-use worker::admin::ReadyCheck;
 
 use crate::SchedulerError;
 use crate::core::{Core, CoreOptions};
