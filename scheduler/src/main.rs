@@ -1,11 +1,12 @@
-//! `scheduler` binary: argument parsing and process setup only; the work is in the library.
+//! `scheduler` binary: argument parsing and printing only; the work, including `run`'s
+//! wiring, is in the library.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use runtime::{Config, Shutdown};
+use runtime::Config;
 use scheduler::{Fired, runner};
 
 #[derive(Parser)]
@@ -64,24 +65,7 @@ async fn main() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Run => {
-            let shutdown = Shutdown::new();
-            shutdown.on_signals(|| {
-                tracing::info!("signal received: stopping (send it again to exit at once)");
-            });
-            // The admin port stops after the loops, so /healthz answers while the lease is let go.
-            let admin_stop = Shutdown::new();
-            let stopped = admin_stop.clone();
-            let (addr, admin) = runtime::admin::serve(
-                cfg.scheduler.admin_addr,
-                runtime::telemetry::metrics_handle(),
-                runner::ready_check(pool),
-                async move { stopped.wait().await },
-            )
-            .await?;
-            tracing::info!(%addr, "admin HTTP listening");
-            runner::run(core, shutdown.wait()).await?;
-            admin_stop.trigger();
-            let _ = admin.await;
+            runner::serve(&cfg, core, pool).await?;
         }
         Command::List { json } => {
             let rows = core.overview(chrono::Utc::now(), 3).await?;

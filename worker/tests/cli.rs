@@ -285,6 +285,28 @@ async fn dlq_list_show_replay_with_filters_dry_run_and_audit() {
     }
 }
 
+/// Runs the `worker` binary with `config`, without the environment's broker, database,
+/// config-path and OpenAI-key variables: (exit code, stdout, stderr).
+fn worker_bin(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("JOBFLEET_CONFIG")
+        .env_remove("JOBFLEET_BROKER_URL")
+        .env_remove("JOBFLEET_BROKER_BACKEND")
+        .env_remove("JOBFLEET_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn binary_exit_codes_and_messages() {
     let dir = tempfile::tempdir().unwrap();
@@ -294,21 +316,7 @@ fn binary_exit_codes_and_messages() {
         "[broker]\nbackend = \"memory\"\n[queues.jobs]\n[routes]\nnoop = \"jobs\"\n",
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
-            .env_remove("JOBFLEET_BROKER_URL")
-            .env_remove("JOBFLEET_BROKER_BACKEND")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| worker_bin(&cfg, args);
     let (code, out, _) = run(&["queues"]);
     assert_eq!(code, 0);
     assert!(out.contains("jobs"), "{out}");
@@ -416,25 +424,7 @@ async fn enqueue_needs_no_provider_key_but_run_does() {
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("JOBFLEET_CONFIG")
-            .env_remove("JOBFLEET_BROKER_URL")
-            .env_remove("JOBFLEET_BROKER_BACKEND")
-            .env_remove("JOBFLEET_DATABASE_URL")
-            .env_remove("DATABASE_URL")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| worker_bin(&cfg, args);
 
     let (code, out, err) = run(&[
         "enqueue",
@@ -442,7 +432,7 @@ async fn enqueue_needs_no_provider_key_but_run_does() {
         "--payload",
         r#"{"table": "jobfleet.analytics_events", "months_ahead": 2}"#,
     ]);
-    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(
         out.contains("ensure_partitions") && out.contains(&q),
         "{out}"
@@ -456,11 +446,11 @@ async fn enqueue_needs_no_provider_key_but_run_does() {
         "--payload",
         r#"{"table": "jobfleet.analytics_events", "months_ahead": 500}"#,
     ]);
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("payload rejected"), "{err}");
 
     let (code, _, err) = run(&["run"]);
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("OPENAI_API_KEY"), "{err}");
     assert_eq!(
         broker.depth(&q).await.unwrap().visible,

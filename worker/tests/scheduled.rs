@@ -18,11 +18,9 @@ const QUEUE: &str = "maintenance";
 
 async fn pool() -> PgPool {
     let url = std::env::var("JOBFLEET_TEST_DATABASE_URL").unwrap_or_else(|_| DB.into());
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&url)
+    let pool = PgPool::connect(&url)
         .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh starts it)");
+        .expect("PostgreSQL on 127.0.0.1:5432");
     scheduler::ensure_schema(&pool).await.unwrap();
     pool
 }
@@ -32,19 +30,6 @@ fn uniq(prefix: &str) -> String {
         "{prefix}_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     )
-}
-
-fn schedule(name: &str, cron: &str, catch_up: CatchUp) -> Schedule {
-    Schedule {
-        name: name.into(),
-        cron: cron.into(),
-        timezone: "UTC".into(),
-        kind: "rollup_analytics".into(),
-        payload: json!({"granularity": "hour", "from": "{{tick - 1h}}", "to": "{{tick}}"}),
-        queue: Some(QUEUE.into()),
-        catch_up,
-        run_at_start: false,
-    }
 }
 
 /// End to end: an `ensure_partitions` schedule (daily + at start) enqueued through a real
@@ -72,10 +57,16 @@ async fn ensure_partitions_end_to_end_through_a_real_broker() {
     .await
     .unwrap();
     let name = uniq("partitions");
-    let mut s = schedule(&name, "0 0 3 * * *", CatchUp::Latest);
-    s.kind = "ensure_partitions".into();
-    s.payload = json!({"table": format!("{schema}.events"), "months_ahead": 3});
-    s.run_at_start = true;
+    let s = Schedule {
+        name: name.clone(),
+        cron: "0 0 3 * * *".into(),
+        timezone: "UTC".into(),
+        kind: "ensure_partitions".into(),
+        payload: json!({"table": format!("{schema}.events"), "months_ahead": 3}),
+        queue: Some(QUEUE.into()),
+        catch_up: CatchUp::Latest,
+        run_at_start: true,
+    };
     let compiled = vec![CompiledSchedule::compile(&s, None).unwrap()];
     let producer: Arc<dyn Producer> = broker.clone();
     let c = Core::new(

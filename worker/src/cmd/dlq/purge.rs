@@ -3,19 +3,15 @@
 use queues::Broker;
 use runtime::Config;
 
-use super::filter::FilterArgs;
-use super::scan::{self, RunFlags};
+use super::scan::{self, ScanArgs};
 use crate::audit::DlqAction;
 use crate::cmd::CliError;
 
 /// `worker dlq purge` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    pub queue: String,
     #[command(flatten)]
-    pub filters: FilterArgs,
-    #[command(flatten)]
-    pub flags: RunFlags,
+    pub scan: ScanArgs,
     /// Really delete.
     #[arg(long)]
     pub yes: bool,
@@ -23,20 +19,11 @@ pub struct Args {
 
 /// Refuses without `--yes` (unless a dry run), purges, prints the summary.
 pub async fn execute(broker: &dyn Broker, cfg: &Config, args: &Args) -> Result<(), CliError> {
-    if !args.yes && !args.flags.dry_run {
+    if !args.yes && !args.scan.dry_run {
         return Err(CliError::Usage(format!(
             "purge deletes dead-lettered jobs for good; add --yes to do it (or --dry-run to count first): worker dlq purge {} ... --yes",
-            args.queue
+            args.scan.queue
         )));
     }
-    scan::execute(
-        broker,
-        cfg,
-        DlqAction::Purge,
-        &args.queue,
-        &args.filters,
-        &args.flags,
-        None,
-    )
-    .await
+    scan::execute(broker, cfg, DlqAction::Purge, &args.scan, None).await
 }

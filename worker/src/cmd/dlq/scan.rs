@@ -15,9 +15,12 @@ use super::filter::FilterArgs;
 use crate::audit::{AuditRecord, DlqAction};
 use crate::cmd::{CliError, check_queue};
 
-/// Flags of `replay` and `purge`.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct RunFlags {
+/// The arguments `replay` and `purge` share: which entries, and how to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScanArgs {
+    pub queue: String,
+    #[command(flatten)]
+    pub filters: FilterArgs,
     /// Stop after this many matching entries.
     #[arg(long)]
     pub limit: Option<u64>,
@@ -50,29 +53,27 @@ pub(super) async fn execute(
     broker: &dyn Broker,
     cfg: &Config,
     action: DlqAction,
-    queue: &str,
-    filters: &FilterArgs,
-    flags: &RunFlags,
+    args: &ScanArgs,
     rate: Option<f64>,
 ) -> Result<(), CliError> {
-    let filter = filters.parse()?;
+    let filter = args.filters.parse()?;
     let interrupt = Shutdown::new();
     interrupt.on_signals(|| {
         eprintln!("interrupted: finishing the current entry (Ctrl-C again to quit now)");
     });
     let opts = DlqRunOptions {
         scan: ScanOptions {
-            limit: flags.limit,
-            dry_run: flags.dry_run,
+            limit: args.limit,
+            dry_run: args.dry_run,
             rate,
             ..Default::default()
         },
-        progress: std::io::stderr().is_terminal() && !flags.json,
-        audit_log: flags.audit_log.clone(),
+        progress: std::io::stderr().is_terminal() && !args.json,
+        audit_log: args.audit_log.clone(),
         interrupt: Some(interrupt),
     };
-    let record = run(broker, cfg, action, queue, &filter, &opts).await?;
-    println!("{}", render(&record, flags.json));
+    let record = run(broker, cfg, action, &args.queue, &filter, &opts).await?;
+    println!("{}", render(&record, args.json));
     if record.report.failed > 0 {
         return Err(CliError::Failed(format!(
             "{} entries failed; they stay in the DLQ (re-run to retry)",
