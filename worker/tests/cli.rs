@@ -425,13 +425,13 @@ async fn enqueue_needs_no_provider_key_but_run_does() {
     )
     .unwrap();
     let run = |args: &[&str]| worker_bin(&cfg, args);
+    let enqueue_partitions = |months: u32| {
+        let payload =
+            format!(r#"{{"table": "jobfleet.analytics_events", "months_ahead": {months}}}"#);
+        run(&["enqueue", "ensure_partitions", "--payload", &payload])
+    };
 
-    let (code, out, err) = run(&[
-        "enqueue",
-        "ensure_partitions",
-        "--payload",
-        r#"{"table": "jobfleet.analytics_events", "months_ahead": 2}"#,
-    ]);
+    let (code, out, err) = enqueue_partitions(2);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(
         out.contains("ensure_partitions") && out.contains(&q),
@@ -440,12 +440,7 @@ async fn enqueue_needs_no_provider_key_but_run_does() {
     let d = broker.depth(&q).await.unwrap();
     assert_eq!(d.visible, 1, "the job is on the queue: {d:?}");
 
-    let (code, _, err) = run(&[
-        "enqueue",
-        "ensure_partitions",
-        "--payload",
-        r#"{"table": "jobfleet.analytics_events", "months_ahead": 500}"#,
-    ]);
+    let (code, _, err) = enqueue_partitions(500);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("payload rejected"), "{err}");
 

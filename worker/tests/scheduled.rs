@@ -16,20 +16,9 @@ use sqlx::PgPool;
 const DB: &str = "postgres://postgres@127.0.0.1:5432/test";
 const QUEUE: &str = "maintenance";
 
-async fn pool() -> PgPool {
-    let url = std::env::var("JOBFLEET_TEST_DATABASE_URL").unwrap_or_else(|_| DB.into());
-    let pool = PgPool::connect(&url)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    scheduler::ensure_schema(&pool).await.unwrap();
-    pool
-}
-
+/// A name of its own for this run (schema, schedule, lease key, namespace).
 fn uniq(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
+    queues::conformance::unique_queue(prefix).replace('-', "_")
 }
 
 /// End to end: an `ensure_partitions` schedule (daily + at start) enqueued through a real
@@ -39,7 +28,9 @@ fn uniq(prefix: &str) -> String {
 async fn ensure_partitions_end_to_end_through_a_real_broker() {
     use queues::{BackendKind, BrokerConfig, QueueSpec};
 
-    let pool = pool().await;
+    let url = std::env::var("JOBFLEET_TEST_DATABASE_URL").unwrap_or_else(|_| DB.into());
+    let pool = PgPool::connect(&url).await.expect("PostgreSQL on :5432");
+    scheduler::ensure_schema(&pool).await.unwrap();
     let ns = uniq("e2e");
     let mut cfg = BrokerConfig::new(BackendKind::Postgres, DB);
     cfg.namespace = ns.clone();
