@@ -262,13 +262,18 @@ impl Handler for EmbedDocument {
     }
 
     fn validate(&self, payload: &Value) -> Result<(), JobError> {
-        parse(payload).map(|_| ())
+        validate_payload(payload)
     }
 
     async fn run(&self, _ctx: &JobContext, payload: &Value) -> Result<Outcome, JobError> {
         let p = parse(payload)?;
         self.embed(p.document_id).await
     }
+}
+
+/// Checks an `embed_document` payload; needs neither the database nor the provider.
+pub fn validate_payload(payload: &Value) -> Result<(), JobError> {
+    parse(payload).map(|_| ())
 }
 
 fn parse(payload: &Value) -> Result<EmbedPayload, JobError> {

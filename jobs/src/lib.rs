@@ -11,6 +11,7 @@ pub mod matview;
 pub mod partitions;
 pub mod rollup;
 pub mod testkit;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub use config::JobsConfig;
 pub use handler::{
     Handler, JobContext, JobError, Noop, Outcome, Registered, Registry, RetryPolicy,
 };
+pub use validate::Validators;
 
 /// The project's migrations (`migrations/*.sql`), applied by `worker migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -54,6 +56,25 @@ pub fn registry(pool: sqlx::PgPool, cfg: &JobsConfig) -> Result<Registry, SetupE
     Ok(r)
 }
 
+/// The payload check of every built-in kind (the same rules the handlers apply), from the
+/// `[jobs]` settings alone: no pool, no provider, no API key.
+pub fn validators(cfg: &JobsConfig) -> Result<Validators, SetupError> {
+    cfg.validate()?;
+    let max_window = cfg.analytics.max_window;
+    let max_months_ahead = cfg.partitions.max_months_ahead;
+    let mut v = Validators::new();
+    v.insert(embed::KIND, embed::validate_payload)
+        .insert(rollup::KIND, move |p| {
+            rollup::validate_payload(p, max_window)
+        })
+        .insert(matview::KIND, matview::validate_payload)
+        .insert(partitions::KIND, move |p| {
+            partitions::validate_payload(p, max_months_ahead)
+        })
+        .insert(Noop.kind(), |_| Ok(()));
+    Ok(v)
+}
+
 /// Decodes a payload, which must be a JSON object (serde would also take an array for a
 /// struct, which no producer means).
 pub(crate) fn parse_payload<T: serde::de::DeserializeOwned>(
@@ -64,4 +85,77 @@ pub(crate) fn parse_payload<T: serde::de::DeserializeOwned>(
         return Err(JobError::bad_payload(kind, "payload must be a JSON object"));
     }
     T::deserialize(payload).map_err(|e| JobError::bad_payload(kind, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The checks and the handlers cover the same kinds and agree on what they refuse.
+    #[tokio::test]
+    async fn validators_match_the_registry_without_a_database() {
+        let cfg = JobsConfig::default();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let registry = registry(pool, &cfg).unwrap();
+        let checks = validators(&cfg).unwrap();
+        assert_eq!(
+            checks.kinds().collect::<Vec<_>>(),
+            registry.kinds().collect::<Vec<_>>()
+        );
+        let payloads = [
+            (embed::KIND, json!({"document_id": 1}), true),
+            (embed::KIND, json!({"document": 1}), false),
+            (
+                rollup::KIND,
+                json!({"granularity": "hour", "from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z"}),
+                true,
+            ),
+            (
+                rollup::KIND,
+                json!({"granularity": "day", "from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
+                false,
+            ),
+            (matview::KIND, json!({"view": "jobfleet.v"}), true),
+            (matview::KIND, json!({"view": "a.b.c.d"}), false),
+            (
+                partitions::KIND,
+                json!({"table": "app.events", "months_ahead": 3}),
+                true,
+            ),
+            (
+                partitions::KIND,
+                json!({"table": "app.events", "months_ahead": 500}),
+                false,
+            ),
+            ("noop", json!({}), true),
+        ];
+        for (kind, payload, ok) in payloads {
+            let by_check = checks.check(kind, &payload).unwrap();
+            let by_handler = registry.get(kind).unwrap().handler.validate(&payload);
+            assert_eq!(by_check, by_handler, "{kind} {payload}");
+            assert_eq!(by_check.is_ok(), ok, "{kind} {payload}: {by_check:?}");
+        }
+        assert!(checks.check("mystery", &json!({})).is_none());
+    }
+
+    /// Building the checks needs no API key even with the OpenAI provider; building the
+    /// handlers does, and says which variable.
+    #[test]
+    fn validators_need_no_provider_key() {
+        let mut cfg = JobsConfig::default();
+        cfg.embed.provider = config::Provider::Openai;
+        cfg.embed.openai.api_key_env = "JOBFLEET_TEST_SURELY_UNSET_KEY".into();
+        let checks = validators(&cfg).unwrap();
+        assert!(
+            checks
+                .check(embed::KIND, &serde_json::json!({"document_id": 7}))
+                .unwrap()
+                .is_ok()
+        );
+        let err = embedder::from_config(&cfg.embed).err().unwrap().to_string();
+        assert!(err.contains("JOBFLEET_TEST_SURELY_UNSET_KEY"), "{err}");
+    }
 }

@@ -148,10 +148,7 @@ impl Handler for RefreshMatview {
     }
 
     fn validate(&self, payload: &Value) -> Result<(), JobError> {
-        let p = parse(payload)?;
-        QualifiedName::parse(&p.view)
-            .map(|_| ())
-            .map_err(|e| JobError::bad_payload(KIND, e))
+        validate_payload(payload)
     }
 
     async fn run(&self, _ctx: &JobContext, payload: &Value) -> Result<Outcome, JobError> {
@@ -164,6 +161,15 @@ impl Handler for RefreshMatview {
             }
         }))
     }
+}
+
+/// Checks a `refresh_materialized_view` payload (the view name's syntax; whether it is
+/// allowed and exists is known only when the job runs).
+pub fn validate_payload(payload: &Value) -> Result<(), JobError> {
+    let p = parse(payload)?;
+    QualifiedName::parse(&p.view)
+        .map(|_| ())
+        .map_err(|e| JobError::bad_payload(KIND, e))
 }
 
 fn parse(payload: &Value) -> Result<RefreshPayload, JobError> {

@@ -188,18 +188,7 @@ impl EnsurePartitions {
     }
 
     fn check(&self, p: &PartitionsPayload) -> Result<QualifiedName, JobError> {
-        let bad = |m: String| JobError::bad_payload(KIND, m);
-        let name = QualifiedName::parse(&p.table).map_err(|e| bad(e.to_string()))?;
-        if p.months_ahead > self.max_months_ahead {
-            return Err(bad(format!(
-                "months_ahead {} is more than jobs.partitions.max_months_ahead ({})",
-                p.months_ahead, self.max_months_ahead
-            )));
-        }
-        if p.retention_months == Some(0) {
-            return Err(bad("retention_months must be at least 1".into()));
-        }
-        Ok(name)
+        check(p, self.max_months_ahead)
     }
 
     /// Brings `p.table` up to date as of `now` (injectable so tests can stand in December).
@@ -492,6 +481,27 @@ impl Handler for EnsurePartitions {
         }
         Ok(Outcome::new(s))
     }
+}
+
+/// Checks an `ensure_partitions` payload against `jobs.partitions.max_months_ahead` (the
+/// table name's syntax; whether it is allowed and partitioned is known only when the job runs).
+pub fn validate_payload(payload: &Value, max_months_ahead: u32) -> Result<(), JobError> {
+    check(&parse(payload)?, max_months_ahead).map(|_| ())
+}
+
+fn check(p: &PartitionsPayload, max_months_ahead: u32) -> Result<QualifiedName, JobError> {
+    let bad = |m: String| JobError::bad_payload(KIND, m);
+    let name = QualifiedName::parse(&p.table).map_err(|e| bad(e.to_string()))?;
+    if p.months_ahead > max_months_ahead {
+        return Err(bad(format!(
+            "months_ahead {} is more than jobs.partitions.max_months_ahead ({})",
+            p.months_ahead, max_months_ahead
+        )));
+    }
+    if p.retention_months == Some(0) {
+        return Err(bad("retention_months must be at least 1".into()));
+    }
+    Ok(name)
 }
 
 fn parse(payload: &Value) -> Result<PartitionsPayload, JobError> {

@@ -126,30 +126,7 @@ impl RollupAnalytics {
     }
 
     fn check(&self, p: &RollupPayload) -> Result<(), JobError> {
-        let bad = |m: String| Err(JobError::bad_payload(KIND, m));
-        if p.from >= p.to {
-            return bad(format!(
-                "`from` ({}) must be before `to` ({})",
-                p.from, p.to
-            ));
-        }
-        for (key, t) in [("from", p.from), ("to", p.to)] {
-            if !p.granularity.is_aligned(t) {
-                return bad(format!(
-                    "`{key}` ({t}) is not on a {} boundary (UTC)",
-                    p.granularity.as_str()
-                ));
-            }
-        }
-        let len = (p.to - p.from).to_std().unwrap_or(Duration::MAX);
-        if len > self.max_window {
-            return bad(format!(
-                "window of {}h is longer than jobs.analytics.max_window ({}h)",
-                len.as_secs() / 3600,
-                self.max_window.as_secs() / 3600
-            ));
-        }
-        Ok(())
+        check(p, self.max_window)
     }
 
     /// Recomputes one window; the handler's `run` without the JSON.
@@ -210,6 +187,38 @@ impl Handler for RollupAnalytics {
             p.to.to_rfc3339()
         )))
     }
+}
+
+/// Checks a `rollup_analytics` payload against `jobs.analytics.max_window`; needs no database.
+pub fn validate_payload(payload: &Value, max_window: Duration) -> Result<(), JobError> {
+    check(&parse(payload)?, max_window)
+}
+
+fn check(p: &RollupPayload, max_window: Duration) -> Result<(), JobError> {
+    let bad = |m: String| Err(JobError::bad_payload(KIND, m));
+    if p.from >= p.to {
+        return bad(format!(
+            "`from` ({}) must be before `to` ({})",
+            p.from, p.to
+        ));
+    }
+    for (key, t) in [("from", p.from), ("to", p.to)] {
+        if !p.granularity.is_aligned(t) {
+            return bad(format!(
+                "`{key}` ({t}) is not on a {} boundary (UTC)",
+                p.granularity.as_str()
+            ));
+        }
+    }
+    let len = (p.to - p.from).to_std().unwrap_or(Duration::MAX);
+    if len > max_window {
+        return bad(format!(
+            "window of {}h is longer than jobs.analytics.max_window ({}h)",
+            len.as_secs() / 3600,
+            max_window.as_secs() / 3600
+        ));
+    }
+    Ok(())
 }
 
 fn parse(payload: &Value) -> Result<RollupPayload, JobError> {

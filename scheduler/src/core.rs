@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, SecondsFormat, Utc};
 use queues::{Envelope, Producer};
+use runtime::config::CatchUp;
 use sqlx::PgPool;
 use tokio::time::Instant;
-use worker::config::CatchUp;
 
 use crate::SchedulerError;
 use crate::lease::{Lease, LeaseState};
@@ -85,17 +85,8 @@ impl CoreOptions {
 
 /// `host/pid/random`: unique per process even when two run on one host.
 pub fn default_holder() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
     let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}/{}/{}", std::process::id(), &rand[..8])
+    format!("{}/{}", runtime::host::process_id(), &rand[..8])
 }
 
 /// The core. Share it as `Arc<Core>`.

@@ -34,7 +34,7 @@ pub enum SchedulerError {
     UnknownSchedule(String),
     /// The config as a whole is invalid.
     #[error(transparent)]
-    Config(#[from] worker::config::ConfigError),
+    Config(#[from] runtime::ConfigError),
     /// The lease/ledger database.
     #[error("scheduler database: {0}")]
     Database(#[from] sqlx::Error),

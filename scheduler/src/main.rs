@@ -1,12 +1,13 @@
-//! `scheduler` binary: argument parsing and process setup only; the work is in the library.
+//! `scheduler` binary: argument parsing and printing only; the work, including `run`'s
+//! wiring, is in the library.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use runtime::Config;
 use scheduler::{Fired, runner};
-use worker::Config;
 
 #[derive(Parser)]
 #[command(
@@ -45,9 +46,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let path = worker::config::config_path(cli.config.as_deref());
+    let path = runtime::config::config_path(cli.config.as_deref());
     let cfg = Config::load(path.as_deref())?;
-    worker::telemetry::init_tracing(&cfg.log);
+    runtime::telemetry::init_tracing(&cfg.log);
     let pool = runner::connect_db(&cfg)
         .await
         .with_context(|| "connecting to database.url")?;
@@ -64,22 +65,7 @@ async fn main() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Run => {
-            let handle = worker::telemetry::metrics_handle();
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let mut admin_stop = stop_rx.clone();
-            let (addr, admin) = worker::admin::serve(
-                cfg.scheduler.admin_addr,
-                handle,
-                runner::ready_check(pool),
-                async move {
-                    let _ = admin_stop.wait_for(|s| *s).await;
-                },
-            )
-            .await?;
-            tracing::info!(%addr, "admin HTTP listening");
-            runner::run(core, shutdown_signal()).await?;
-            let _ = stop_tx.send(true);
-            let _ = admin.await;
+            runner::serve(&cfg, core, pool).await?;
         }
         Command::List { json } => {
             let rows = core.overview(chrono::Utc::now(), 3).await?;
@@ -99,21 +85,4 @@ async fn main() -> anyhow::Result<()> {
         },
     }
     Ok(())
-}
-
-/// SIGTERM (systemd, Kubernetes) or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -1,5 +1,5 @@
-//! `scheduler run`: wires tokio-cron-scheduler, the lease loop and the admin port around the
-//! [`Core`].
+//! `scheduler run`: wires tokio-cron-scheduler, the lease loop, the signals and the admin port
+//! around the [`Core`].
 //!
 //! Each schedule becomes one tokio-cron-scheduler job whose only work is
 //! `core.on_tick(name, now)`: the precise, low-latency path. Independently, every lease/3 the
@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use queues::Producer;
+use runtime::admin::ReadyCheck;
+use runtime::{Config, Shutdown};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio_cron_scheduler::{Job, JobScheduler};
-use worker::Config;
-use worker::admin::ReadyCheck;
 
 use crate::SchedulerError;
 use crate::core::{Core, CoreOptions};
@@ -70,6 +70,30 @@ impl Producer for NoSend {
             envelope.id
         )))
     }
+}
+
+/// `scheduler run`: the admin port, and [`run`] until the first SIGTERM/Ctrl-C (a second one
+/// exits at once with 130: the shared `runtime::Shutdown` path).
+pub async fn serve(cfg: &Config, core: Arc<Core>, pool: PgPool) -> Result<(), SchedulerError> {
+    let shutdown = Shutdown::new();
+    shutdown.on_signals(|| {
+        tracing::info!("signal received: stopping (send it again to exit at once)");
+    });
+    // The admin port stops after the loops, so /healthz answers while the lease is let go.
+    let admin_stop = Shutdown::new();
+    let stopped = admin_stop.clone();
+    let (addr, admin) = runtime::admin::serve(
+        cfg.scheduler.admin_addr,
+        runtime::telemetry::metrics_handle(),
+        ready_check(pool),
+        async move { stopped.wait().await },
+    )
+    .await?;
+    tracing::info!(%addr, "admin HTTP listening");
+    run(core, shutdown.wait()).await?;
+    admin_stop.trigger();
+    let _ = admin.await;
+    Ok(())
 }
 
 /// Runs the cron jobs and the lease loop until `shutdown` resolves, then stops the cron jobs

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
-use worker::config::{CatchUp, Config, Schedule};
+use runtime::config::{CatchUp, Config, Schedule};
 
 use crate::SchedulerError;
 use crate::template::{TemplateVars, render};
@@ -185,8 +185,8 @@ fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runtime::config::CatchUp;
     use serde_json::json;
-    use worker::config::CatchUp;
 
     fn spec(cron: &str, tz: &str) -> Schedule {
         Schedule {

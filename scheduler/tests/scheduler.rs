@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use queues::memory::MemoryBroker;
 use queues::{Consumer, Envelope, Producer};
+use runtime::config::{CatchUp, Schedule};
 use scheduler::{CompiledSchedule, Core, CoreOptions, Fired, Reason, tick_key};
 use serde_json::json;
 use sqlx::PgPool;
-use worker::config::{CatchUp, Schedule};
 
 const DB: &str = "postgres://postgres@127.0.0.1:5432/test";
 const QUEUE: &str = "maintenance";
@@ -99,7 +99,7 @@ fn at(s: &str) -> DateTime<Utc> {
 #[tokio::test]
 async fn two_replicas_controlled_time_each_tick_once() {
     // nextest runs each test in its own process, so this recorder sees only this test.
-    let metrics = worker::telemetry::metrics_handle();
+    let metrics = runtime::telemetry::metrics_handle();
     let pool = pool().await;
     let broker = MemoryBroker::new();
     let name = uniq("two");
@@ -505,96 +505,4 @@ async fn fenced_claim_fails_without_the_lease() {
     assert_eq!(fired, Fired::NotLeader);
     assert!(!a.is_leader(), "a stops acting as leader at once");
     assert!(drain(&broker).await.0.is_empty());
-}
-
-/// End to end: an `ensure_partitions` schedule (daily + at start) enqueued through a real
-/// broker, received, and run by the jobs crate's handler, which must create next month's
-/// partition.
-#[tokio::test]
-async fn ensure_partitions_end_to_end_through_a_real_broker() {
-    use queues::{BackendKind, BrokerConfig, QueueSpec};
-
-    let pool = pool().await;
-    let ns = uniq("e2e");
-    let mut cfg = BrokerConfig::new(BackendKind::Postgres, DB);
-    cfg.namespace = ns.clone();
-    let broker = queues::connect(&cfg).await.expect("postgres queue backend");
-    broker.declare(&QueueSpec::new(QUEUE)).await.unwrap();
-
-    // A monthly-partitioned table of our own.
-    let schema = uniq("sched_e2e");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.events (id bigint, created_at timestamptz NOT NULL)
-             PARTITION BY RANGE (created_at);"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
-    let name = uniq("partitions");
-    let mut s = schedule(&name, "0 0 3 * * *", CatchUp::Latest);
-    s.kind = "ensure_partitions".into();
-    s.payload = json!({"table": format!("{schema}.events"), "months_ahead": 3});
-    s.run_at_start = true;
-    let compiled = vec![CompiledSchedule::compile(&s, None).unwrap()];
-    let producer: Arc<dyn Producer> = broker.clone();
-    let c = Core::new(
-        compiled,
-        pool.clone(),
-        producer,
-        CoreOptions::new(uniq("lease"), Duration::from_secs(5)),
-    );
-    assert!(c.lease_step().await.unwrap());
-    let now = Utc::now();
-    c.reconcile(now).await.unwrap();
-    c.reconcile(now).await.unwrap();
-    c.release().await.unwrap();
-
-    let got = broker
-        .receive(QUEUE, 10, Duration::from_secs(3))
-        .await
-        .unwrap();
-    assert_eq!(got.len(), 1, "one start job");
-    let env = got[0].message().envelope().unwrap().clone();
-    assert_eq!(env.kind, "ensure_partitions");
-    assert!(
-        env.dedup_key
-            .as_deref()
-            .unwrap()
-            .starts_with(&format!("{name}@start@"))
-    );
-
-    let registry = jobs::registry(pool.clone(), &jobs::JobsConfig::default()).unwrap();
-    let reg = registry
-        .get("ensure_partitions")
-        .expect("ensure_partitions is registered");
-    let ctx = jobs::JobContext {
-        job_id: env.id.clone(),
-        queue: env.queue.clone(),
-        attempt: 1,
-    };
-    reg.handler.run(&ctx, &env.payload).await.unwrap();
-    got[0].ack().await.unwrap();
-
-    // A row dated mid next month lands in a partition (there is no default partition, so the
-    // insert fails unless next month's partition exists).
-    let next_month = (Utc::now().date_naive().with_day(1).unwrap() + chrono::Months::new(1))
-        .and_hms_opt(0, 0, 0)
-        .unwrap()
-        .and_utc()
-        + chrono::Duration::days(14);
-    let mut tx = pool.begin().await.unwrap();
-    let part: (String,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {schema}.events (id, created_at) VALUES (1, $1) RETURNING tableoid::regclass::text"
-    )))
-    .bind(next_month)
-    .fetch_one(&mut *tx)
-    .await
-    .expect("next month's partition exists");
-    tx.rollback().await.unwrap();
-    assert_ne!(part.0, format!("{schema}.events"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&pool)
-        .await
-        .unwrap();
 }

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use jobs::{Handler, JobContext, JobError, Outcome, Registry, RetryPolicy};
 use queues::{BackendKind, BrokerConfig, Envelope};
+use runtime::config::{Priority, QueueConfig};
 use serde_json::{Value, json};
-use worker::config::{Priority, QueueConfig};
 use worker::{Config, Shutdown, Worker};
 
 struct Args {

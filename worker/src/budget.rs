@@ -5,7 +5,7 @@
 //! filling its targets before the next one sees a slot. Inside one class the rest is dealt one
 //! slot at a time, so two equal pools split a contended budget evenly instead of first-come.
 
-use crate::config::Priority;
+use runtime::config::Priority;
 
 /// What one pool asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

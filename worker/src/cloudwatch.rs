@@ -34,8 +34,8 @@ use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use queues::{Broker, Depth};
 
-use crate::config::CloudWatchConfig;
 use crate::stats::{PoolSnapshot, SnapshotSource};
+use runtime::config::CloudWatchConfig;
 
 /// Dimension carrying the queue name on every metric.
 pub const QUEUE_DIMENSION: &str = "Queue";
@@ -357,7 +357,7 @@ impl Publisher {
             source,
             queues,
             instance_id: if cfg.per_instance {
-                instance_id.or_else(|| Some(hostname()))
+                instance_id.or_else(|| Some(runtime::host::hostname()))
             } else {
                 None
             },
@@ -628,17 +628,8 @@ async fn resolve_instance_id() -> String {
     .await
     {
         Ok(Ok(id)) if !id.as_ref().is_empty() => id.as_ref().to_owned(),
-        _ => hostname(),
+        _ => runtime::host::hostname(),
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

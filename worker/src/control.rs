@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::budget::{Demand, allocate};
-use crate::config::QueueConfig;
 use crate::pool::{Pool, until_set};
+use runtime::config::QueueConfig;
 
 /// The scaling rule for one pool.
 #[derive(Debug, Clone)]

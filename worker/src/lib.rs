@@ -1,19 +1,20 @@
 //! The jobfleet worker: prioritized pools whose concurrency follows queue depth, retries with
-//! backoff, dead-lettering, graceful drain, metrics and admin HTTP, and the operator CLI.
+//! backoff, dead-lettering, graceful drain, metrics and CloudWatch, and the operator CLI (one
+//! module per subcommand under [`cmd`]). What it shares with the scheduler (config, admin HTTP,
+//! telemetry, shutdown) is in the `runtime` crate.
 
-pub mod admin;
+pub mod app;
+pub mod audit;
 pub mod budget;
-pub mod cli;
 pub mod cloudwatch;
+pub mod cmd;
 pub mod config;
 pub mod control;
-pub mod demo;
 pub mod diag;
 pub mod pool;
 pub mod runner;
 pub mod stats;
-pub mod telemetry;
 pub mod worker;
 
-pub use config::Config;
-pub use worker::{DrainReport, PoolsView, Shutdown, Worker, WorkerError};
+pub use runtime::{Config, Shutdown};
+pub use worker::{DrainReport, PoolsView, Worker, WorkerError};

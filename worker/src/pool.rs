@@ -10,9 +10,9 @@ use std::time::Duration;
 use queues::{Broker, Depth};
 use tokio::sync::{Notify, watch};
 
-use crate::config::QueueConfig;
 use crate::runner::{Runner, Settled};
 use crate::stats::PoolSnapshot;
+use runtime::config::QueueConfig;
 
 /// Pause after a failed receive, so a broker outage is not hammered in a loop.
 const RECEIVE_ERROR_PAUSE: Duration = Duration::from_secs(1);

@@ -42,17 +42,6 @@ pub struct Runner {
     worker_id: String,
 }
 
-/// This process's id in error histories: `hostname/pid`.
-pub fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into());
-    format!("{host}/{}", std::process::id())
-}
-
 fn panic_message(p: Box<dyn Any + Send>) -> String {
     match p.downcast::<String>() {
         Ok(s) => *s,

@@ -10,11 +10,12 @@ use jobs::Registry;
 use queues::{Broker, QueueError, QueueSpec};
 use tokio::sync::watch;
 
-use crate::admin::{self, ReadyCheck};
-use crate::config::Config;
+use runtime::admin::{self, ReadyCheck};
+use runtime::{Config, Shutdown};
+
 use crate::control::control_loop;
 use crate::pool::{Pool, Shared};
-use crate::runner::{Runner, default_worker_id};
+use crate::runner::Runner;
 use crate::stats::{PoolSnapshot, SnapshotSource};
 
 /// Why the worker could not start.
@@ -30,48 +31,6 @@ pub enum WorkerError {
     /// The admin port could not be opened.
     #[error(transparent)]
     Admin(#[from] std::io::Error),
-}
-
-/// A handle that stops a running worker: the signal handler in the binary, a test, or an
-/// embedding application hold one.
-#[derive(Clone)]
-pub struct Shutdown {
-    tx: Arc<watch::Sender<bool>>,
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Shutdown {
-    /// A handle not yet triggered.
-    pub fn new() -> Self {
-        Shutdown {
-            tx: Arc::new(watch::channel(false).0),
-        }
-    }
-
-    /// Starts the graceful drain. Idempotent.
-    pub fn trigger(&self) {
-        self.tx.send_replace(true);
-    }
-
-    /// Whether the drain has started.
-    pub fn is_triggered(&self) -> bool {
-        *self.tx.borrow()
-    }
-
-    /// Resolves once triggered.
-    pub async fn wait(&self) {
-        let mut rx = self.tx.subscribe();
-        let _ = rx.wait_for(|s| *s).await;
-    }
-
-    fn subscribe(&self) -> watch::Receiver<bool> {
-        self.tx.subscribe()
-    }
 }
 
 /// What a drain did.
@@ -111,7 +70,11 @@ pub struct Worker {
 impl Worker {
     /// Builds the pools of `cfg.queues`, running the kinds in `registry`.
     pub fn new(cfg: Config, broker: Arc<dyn Broker>, registry: Registry) -> Self {
-        let id = cfg.worker.id.clone().unwrap_or_else(default_worker_id);
+        let id = cfg
+            .worker
+            .id
+            .clone()
+            .unwrap_or_else(runtime::host::process_id);
         let shared = Shared::new(cfg.worker.budget);
         let pools = cfg
             .queues
@@ -162,7 +125,7 @@ impl Worker {
         addr: SocketAddr,
         shutdown: &Shutdown,
     ) -> Result<SocketAddr, WorkerError> {
-        let handle = crate::telemetry::metrics_handle();
+        let handle = runtime::telemetry::metrics_handle();
         let s = shutdown.clone();
         let (bound, _task) =
             admin::serve(

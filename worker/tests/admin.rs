@@ -12,8 +12,8 @@ use jobs::Registry;
 use queues::conformance::unique_queue;
 use queues::memory::MemoryBroker;
 use queues::{Envelope, Producer};
+use runtime::config::Priority;
 use serde_json::json;
-use worker::config::Priority;
 use worker::stats::SnapshotSource;
 use worker::{Shutdown, Worker};
 
@@ -88,7 +88,7 @@ async fn readyz_and_metrics() {
     ] {
         assert!(text.contains(&want), "missing {want}\n{text}");
     }
-    assert_eq!(worker::cli::parse_targets(&text).get(&q), Some(&1));
+    assert_eq!(worker::cmd::queues::parse_targets(&text).get(&q), Some(&1));
 
     shutdown.trigger();
     task.await.unwrap().unwrap();

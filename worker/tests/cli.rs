@@ -10,13 +10,17 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{Count, Flaky, Runs, all_brokers, config, fast_policy, wait_until};
-use jobs::Registry;
+use jobs::{Registry, Validators};
 use queues::conformance::unique_queue;
 use queues::dlq::ScanOptions;
 use queues::{Broker, Envelope};
+use runtime::config::Priority;
 use serde_json::json;
-use worker::cli::{self, DlqAction, DlqRunOptions, EnqueueArgs, FilterArgs};
-use worker::config::Priority;
+use worker::audit::DlqAction;
+use worker::cmd::dlq::filter::{self, FilterArgs};
+use worker::cmd::dlq::{list, scan, scan::DlqRunOptions, show};
+use worker::cmd::enqueue::EnqueueArgs;
+use worker::cmd::{enqueue, migrate, queues as depth};
 use worker::stats::SnapshotSource;
 use worker::{Shutdown, Worker};
 
@@ -34,12 +38,12 @@ async fn fill_dlq(broker: &Arc<dyn Broker>, q: &str, kind: &str, n: usize) -> Ve
 
 #[test]
 fn times_and_filters_parse() {
-    let t = cli::parse_time("2026-11-22T10:00:00Z").unwrap();
+    let t = filter::parse_time("2026-11-22T10:00:00Z").unwrap();
     assert_eq!(t.to_rfc3339(), "2026-11-22T10:00:00+00:00");
-    let ago = cli::parse_time("2h").unwrap();
+    let ago = filter::parse_time("2h").unwrap();
     let diff = Utc::now() - ago;
     assert!((diff.num_seconds() - 7200).abs() < 5);
-    let err = cli::parse_time("yesterday").unwrap_err();
+    let err = filter::parse_time("yesterday").unwrap_err();
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("RFC 3339"));
     let bad = FilterArgs {
@@ -58,7 +62,7 @@ fn times_and_filters_parse() {
 #[test]
 fn live_targets_are_read_from_prometheus_text() {
     let text = "# TYPE jobfleet_pool_target gauge\njobfleet_pool_target{queue=\"a\"} 4\njobfleet_pool_target{queue=\"b-1\"} 12\njobfleet_pool_running{queue=\"a\"} 2\n";
-    let t = cli::parse_targets(text);
+    let t = depth::parse_targets(text);
     assert_eq!(t, BTreeMap::from([("a".into(), 4), ("b-1".into(), 12)]));
 }
 
@@ -79,10 +83,10 @@ async fn enqueue_routes_validates_and_queues_shows_depth() {
             .await
             .unwrap();
 
-        let env = cli::enqueue(
+        let env = enqueue::enqueue(
             &*tb.broker,
             &cfg,
-            &reg,
+            &Validators::from(&reg),
             &EnqueueArgs {
                 kind: "count".into(),
                 payload: "{\"x\":1}".into(),
@@ -112,7 +116,7 @@ async fn enqueue_routes_validates_and_queues_shows_depth() {
             (usage("mystery", "{}", Some(&q)), "unknown job kind"),
             (usage("count", "{}", Some("elsewhere")), "not configured"),
         ] {
-            let err = cli::enqueue(&*tb.broker, &cfg, &reg, &args)
+            let err = enqueue::enqueue(&*tb.broker, &cfg, &Validators::from(&reg), &args)
                 .await
                 .unwrap_err();
             assert_eq!(err.exit_code(), 2, "{err}");
@@ -120,7 +124,7 @@ async fn enqueue_routes_validates_and_queues_shows_depth() {
         }
 
         let targets = BTreeMap::from([(q.clone(), 3usize)]);
-        let rows = cli::queues(&*tb.broker, &cfg, &targets).await.unwrap();
+        let rows = depth::rows(&*tb.broker, &cfg, &targets).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].delayed, rows[0].pool_target),
@@ -128,10 +132,9 @@ async fn enqueue_routes_validates_and_queues_shows_depth() {
             "{}",
             tb.name
         );
-        let table = cli::render_queues(&rows, false);
+        let table = depth::render(&rows, false);
         assert!(table.contains(&q) && table.contains("critical"), "{table}");
-        let json: serde_json::Value =
-            serde_json::from_str(&cli::render_queues(&rows, true)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&depth::render(&rows, true)).unwrap();
         assert_eq!(json[0]["delayed"], 1);
     }
 }
@@ -163,7 +166,7 @@ async fn dlq_list_show_replay_with_filters_dry_run_and_audit() {
         )
         .await;
 
-        let all = cli::dlq_list(&*tb.broker, &cfg, &q, &Default::default(), 100)
+        let all = list::list(&*tb.broker, &cfg, &q, &Default::default(), 100)
             .await
             .unwrap();
         assert_eq!(all.len(), 6);
@@ -174,26 +177,24 @@ async fn dlq_list_show_replay_with_filters_dry_run_and_audit() {
         }
         .parse()
         .unwrap();
-        let listed = cli::dlq_list(&*tb.broker, &cfg, &q, &only_flaky, 3)
+        let listed = list::list(&*tb.broker, &cfg, &q, &only_flaky, 3)
             .await
             .unwrap();
         assert_eq!(listed.len(), 3, "limit");
-        let table = cli::render_dlq_list(&listed, false);
+        let table = list::render(&listed, false);
         assert!(table.contains("attempts exhausted (1/1)"), "{table}");
 
-        let shown = cli::dlq_show(&*tb.broker, &cfg, &q, &flaky[0].id)
+        let shown = show::show(&*tb.broker, &cfg, &q, &flaky[0].id)
             .await
             .unwrap();
-        let text = cli::render_dlq_show(&shown, false);
+        let text = show::render(&shown, false);
         assert!(
             text.contains("#1")
                 && text.contains("flaky failure #1")
                 && text.contains("test-worker"),
             "{text}"
         );
-        let missing = cli::dlq_show(&*tb.broker, &cfg, &q, "nope")
-            .await
-            .unwrap_err();
+        let missing = show::show(&*tb.broker, &cfg, &q, "nope").await.unwrap_err();
         assert_eq!(missing.exit_code(), 1);
 
         let dir = tempfile::tempdir().unwrap();
@@ -207,7 +208,7 @@ async fn dlq_list_show_replay_with_filters_dry_run_and_audit() {
             audit_log: Some(audit.clone()),
             ..Default::default()
         };
-        let dry = cli::dlq_run(
+        let dry = scan::run(
             &*tb.broker,
             &cfg,
             DlqAction::Replay,
@@ -218,16 +219,16 @@ async fn dlq_list_show_replay_with_filters_dry_run_and_audit() {
         .await
         .unwrap();
         assert_eq!((dry.report.matched, dry.report.done), (5, 0));
-        assert!(cli::render_dlq_summary(&dry, false).contains("would replay 5"));
+        assert!(scan::render(&dry, false).contains("would replay 5"));
         assert_eq!(
-            cli::dlq_list(&*tb.broker, &cfg, &q, &Default::default(), 100)
+            list::list(&*tb.broker, &cfg, &q, &Default::default(), 100)
                 .await
                 .unwrap()
                 .len(),
             6
         );
 
-        let rec = cli::dlq_run(
+        let rec = scan::run(
             &*tb.broker,
             &cfg,
             DlqAction::Replay,
@@ -238,12 +239,12 @@ async fn dlq_list_show_replay_with_filters_dry_run_and_audit() {
         .await
         .unwrap();
         assert_eq!(rec.report.done, 5, "{}", tb.name);
-        assert!(cli::render_dlq_summary(&rec, false).contains("replayed 5, skipped 0, failed 0"));
+        assert!(scan::render(&rec, false).contains("replayed 5, skipped 0, failed 0"));
         wait_until(Duration::from_secs(20), "replayed jobs succeed", || async {
             view.snapshot()[0].succeeded == 5
         })
         .await;
-        let left = cli::dlq_list(&*tb.broker, &cfg, &q, &Default::default(), 100)
+        let left = list::list(&*tb.broker, &cfg, &q, &Default::default(), 100)
             .await
             .unwrap();
         assert_eq!(left.len(), 1, "the unknown kind stays");
@@ -261,7 +262,7 @@ async fn dlq_list_show_replay_with_filters_dry_run_and_audit() {
         assert!(lines[1]["filter"].as_str().unwrap().contains("kind=flaky"));
         assert!(lines[0]["dry_run"].as_bool().unwrap());
 
-        let purged = cli::dlq_run(
+        let purged = scan::run(
             &*tb.broker,
             &cfg,
             DlqAction::Purge,
@@ -273,7 +274,7 @@ async fn dlq_list_show_replay_with_filters_dry_run_and_audit() {
         .unwrap();
         assert_eq!(purged.report.done, 1);
         assert!(
-            cli::dlq_list(&*tb.broker, &cfg, &q, &Default::default(), 100)
+            list::list(&*tb.broker, &cfg, &q, &Default::default(), 100)
                 .await
                 .unwrap()
                 .is_empty()
@@ -282,6 +283,28 @@ async fn dlq_list_show_replay_with_filters_dry_run_and_audit() {
         shutdown.trigger();
         task.await.unwrap().unwrap();
     }
+}
+
+/// Runs the `worker` binary with `config`, without the environment's broker, database,
+/// config-path and OpenAI-key variables: (exit code, stdout, stderr).
+fn worker_bin(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("JOBFLEET_CONFIG")
+        .env_remove("JOBFLEET_BROKER_URL")
+        .env_remove("JOBFLEET_BROKER_BACKEND")
+        .env_remove("JOBFLEET_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -293,21 +316,7 @@ fn binary_exit_codes_and_messages() {
         "[broker]\nbackend = \"memory\"\n[queues.jobs]\n[routes]\nnoop = \"jobs\"\n",
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
-            .env_remove("JOBFLEET_BROKER_URL")
-            .env_remove("JOBFLEET_BROKER_BACKEND")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| worker_bin(&cfg, args);
     let (code, out, _) = run(&["queues"]);
     assert_eq!(code, 0);
     assert!(out.contains("jobs"), "{out}");
@@ -363,13 +372,13 @@ async fn migrate_applies_and_reports_status() {
     let mut cfg = config(&[("q", Priority::Default, 1, 1)]);
     cfg.database.url = format!("{prefix}/{name}");
 
-    let before = cli::migrate_status(&cfg).await.unwrap();
+    let before = migrate::status(&cfg).await.unwrap();
     assert!(!before.is_empty());
     assert!(before.iter().all(|m| !m.applied), "{before:?}");
-    assert!(cli::render_migrations(&before).starts_with("pending"));
-    let after = cli::migrate(&cfg).await.unwrap();
+    assert!(migrate::render(&before).starts_with("pending"));
+    let after = migrate::apply(&cfg).await.unwrap();
     assert!(after.iter().all(|m| m.applied), "{after:?}");
-    let again = cli::migrate(&cfg).await.unwrap();
+    let again = migrate::apply(&cfg).await.unwrap();
     assert_eq!(after, again, "idempotent");
 
     admin
@@ -381,7 +390,66 @@ async fn migrate_applies_and_reports_status() {
 
     let mut down = cfg.clone();
     down.database.url = "postgres://postgres@127.0.0.1:1/none".into();
-    let err = cli::migrate_status(&down).await.unwrap_err();
+    let err = migrate::status(&down).await.unwrap_err();
     assert_eq!(err.exit_code(), 1);
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+}
+
+/// With the OpenAI provider configured and its key not in the operator's shell, `enqueue`
+/// still works (checking a payload builds no handler, so needs no pool or provider) on the real
+/// PostgreSQL broker; `run`, which builds the embed handler, refuses naming the variable.
+#[tokio::test]
+async fn enqueue_needs_no_provider_key_but_run_does() {
+    let pg = common::real_configs()
+        .into_iter()
+        .find(|c| c.backend == queues::BackendKind::Postgres)
+        .expect("postgres config");
+    let url = pg.url.clone().unwrap();
+    let broker = queues::connect(&pg).await.expect("postgres broker");
+    let q = unique_queue("nokey");
+    broker
+        .declare(&queues::QueueSpec::new(q.clone()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("openai.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[broker]\nbackend = \"postgres\"\nurl = \"{url}\"\nnamespace = \"{ns}\"\n\
+             [database]\nurl = \"{url}\"\n[worker]\nadmin_addr = \"127.0.0.1:0\"\n\
+             [queues.{q}]\n[routes]\nensure_partitions = \"{q}\"\n\
+             [jobs.embed]\nprovider = \"openai\"\n",
+            ns = pg.namespace
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| worker_bin(&cfg, args);
+    let enqueue_partitions = |months: u32| {
+        let payload =
+            format!(r#"{{"table": "jobfleet.analytics_events", "months_ahead": {months}}}"#);
+        run(&["enqueue", "ensure_partitions", "--payload", &payload])
+    };
+
+    let (code, out, err) = enqueue_partitions(2);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("ensure_partitions") && out.contains(&q),
+        "{out}"
+    );
+    let d = broker.depth(&q).await.unwrap();
+    assert_eq!(d.visible, 1, "the job is on the queue: {d:?}");
+
+    let (code, _, err) = enqueue_partitions(500);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("payload rejected"), "{err}");
+
+    let (code, _, err) = run(&["run"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("OPENAI_API_KEY"), "{err}");
+    assert_eq!(
+        broker.depth(&q).await.unwrap().visible,
+        1,
+        "the refused run took nothing"
+    );
 }

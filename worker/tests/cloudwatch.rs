@@ -9,8 +9,8 @@ use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use queues::memory::MemoryBroker;
 use queues::{Consumer, Envelope, Inspector, Producer};
+use runtime::config::CloudWatchConfig;
 use worker::cloudwatch::{self, Publisher};
-use worker::config::CloudWatchConfig;
 use worker::stats::{PoolSnapshot, SnapshotSource};
 
 fn moto_url() -> String {

@@ -18,7 +18,9 @@ async fn demo_runs_every_kind_and_shows_the_failed_job() {
     let mut cfg = Config::default();
     cfg.database.url = format!("postgres://postgres@127.0.0.1:5432/{name}");
     cfg.worker.sample_interval = std::time::Duration::from_millis(200);
-    let out = worker::demo::run(cfg).await.expect("demo succeeds");
+    let out = worker::cmd::demo::run(cfg, &Default::default())
+        .await
+        .expect("demo succeeds");
 
     for want in [
         "enqueued 7 jobs on the postgres broker",

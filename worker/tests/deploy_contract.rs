@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use runtime::config::{CloudWatchConfig, Config};
 use serde_json::Value;
 use worker::cloudwatch::{self, METRICS};
-use worker::config::{CloudWatchConfig, Config};
 
 /// Metrics from other namespaces the template may read, with their dimensions.
 const FOREIGN: &[(&str, &str, &[&str])] = &[(

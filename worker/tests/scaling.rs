@@ -11,8 +11,8 @@ use jobs::{Registry, RetryPolicy};
 use queues::conformance::unique_queue;
 use queues::memory::MemoryBroker;
 use queues::{Envelope, Inspector, Producer};
+use runtime::config::Priority;
 use serde_json::json;
-use worker::config::Priority;
 use worker::stats::SnapshotSource;
 use worker::{Shutdown, Worker};
 

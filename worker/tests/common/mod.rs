@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use jobs::{Handler, JobContext, JobError, Outcome, RetryPolicy};
 use queues::memory::MemoryBroker;
 use queues::{BackendKind, Broker, BrokerConfig};
+use runtime::config::{Priority, QueueConfig};
 use serde_json::Value;
 use worker::Config;
-use worker::config::{Priority, QueueConfig};
 
 /// A broker under test.
 pub struct TestBroker {

@@ -113,22 +113,8 @@ mod tests {
         assert!(body.contains("admin_test_total"), "{body}");
     }
 
-    /// A tiny HTTP/1.0 GET, so the test needs no HTTP client crate.
     async fn http_get(url: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let rest = url.trim_start_matches("http://");
-        let (host, path) = rest.split_once('/').unwrap();
-        let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-        s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        let code = buf[9..12].parse().unwrap();
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (code, body)
+        let r = reqwest::get(url).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
     }
 }

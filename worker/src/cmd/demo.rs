@@ -10,24 +10,26 @@ use chrono::{DurationRound, Utc};
 use queues::{Broker, Envelope};
 use serde_json::json;
 
-use crate::cli::{self, CliError};
-use crate::config::Config;
-use crate::worker::{Shutdown, Worker};
+use runtime::{Config, Shutdown};
+
+use crate::app::{App, Serve};
+use crate::cmd::{CliError, dlq, migrate};
+use crate::config::JobSettings;
 
 /// How long the demo waits for its jobs before giving up.
 const DEADLINE: Duration = Duration::from_secs(90);
 
 /// Runs the tour and returns the text to print.
-pub async fn run(cfg: Config) -> Result<String, CliError> {
+pub async fn run(cfg: Config, settings: &JobSettings) -> Result<String, CliError> {
     let mut out = String::new();
-    cli::migrate(&cfg).await?;
+    migrate::apply(&cfg).await?;
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&cfg.database.url)
         .await
         .map_err(|e| db_error(&cfg, e))?;
-    let broker = cli::connect(&cfg).await?;
-    let registry = cli::build_registry(&cfg)?;
+    let app = App::new(cfg.clone(), settings).await?;
+    let broker = app.broker();
 
     // Data for the jobs to work on.
     let text = "jobfleet demo document. ".repeat(200);
@@ -104,8 +106,7 @@ pub async fn run(cfg: Config) -> Result<String, CliError> {
 
     // The real worker, in this process, until every job is settled.
     let shutdown = Shutdown::new();
-    let worker = Worker::new(cfg.clone(), broker.clone(), registry);
-    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let running = tokio::spawn(app.run(shutdown.clone(), Serve::PoolsOnly));
     let settled = wait_settled(&*broker, &cfg, &failing).await;
     shutdown.trigger();
     let _ = running.await;
@@ -137,15 +138,16 @@ pub async fn run(cfg: Config) -> Result<String, CliError> {
     )
     .expect("writing to a String");
 
-    let rows = cli::queues(&*broker, &cfg, &Default::default()).await?;
-    writeln!(out, "queues:\n{}\n", cli::render_queues(&rows, false)).expect("writing to a String");
-    let entry = cli::dlq_show(&*broker, &cfg, &failing.queue, &failing_id).await?;
+    let rows = super::queues::rows(&*broker, &cfg, &Default::default()).await?;
+    writeln!(out, "queues:\n{}\n", super::queues::render(&rows, false))
+        .expect("writing to a String");
+    let entry = dlq::show::show(&*broker, &cfg, &failing.queue, &failing_id).await?;
     writeln!(
         out,
         "the failed job, in the DLQ of `{}`:\n{}\n\nnext: `worker dlq list {0}`, `worker dlq replay {0} --dry-run`; \
          run it for real with scripts/run.sh",
         failing.queue,
-        cli::render_dlq_show(&entry, false)
+        dlq::show::render(&entry, false)
     )
     .expect("writing to a String");
     Ok(out)

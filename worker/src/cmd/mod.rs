@@ -1,0 +1,67 @@
+//! The `worker` subcommands, one file each: the command's arguments (clap derive on its own
+//! type), what it does, and how its result is printed. Each is also a library function that
+//! returns data, so tests call it without the binary.
+
+pub mod demo;
+pub mod dlq;
+pub mod enqueue;
+pub mod error;
+pub mod migrate;
+pub mod queues;
+pub mod run;
+
+use runtime::Config;
+
+pub use error::CliError;
+
+use crate::config::JobSettings;
+
+/// `worker <command>`.
+#[derive(clap::Subcommand)]
+pub enum Cmd {
+    /// Run the pools until SIGTERM/SIGINT (a second signal exits at once).
+    Run,
+    /// Apply the database migrations (jobs' tables, queue tables).
+    Migrate(migrate::Args),
+    /// Depth of every configured queue, and the running worker's pool target when it answers.
+    Queues(queues::Args),
+    /// Enqueue one job.
+    Enqueue(enqueue::EnqueueArgs),
+    /// A one-minute tour: migrate, enqueue one job of every kind plus one that fails, run them,
+    /// print the results, the queue table and the DLQ entry.
+    Demo,
+    /// Inspect, replay or purge a queue's dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        cmd: dlq::DlqCmd,
+    },
+}
+
+impl Cmd {
+    /// Runs the command and prints its result.
+    pub async fn execute(self, cfg: Config, settings: JobSettings) -> Result<(), CliError> {
+        match self {
+            Cmd::Run => run::execute(cfg, settings).await,
+            Cmd::Migrate(args) => migrate::execute(&cfg, &args).await,
+            Cmd::Queues(args) => queues::execute(&cfg, &args).await,
+            Cmd::Enqueue(args) => enqueue::execute(&cfg, &settings, &args).await,
+            Cmd::Demo => {
+                println!("{}", demo::run(cfg, &settings).await?);
+                Ok(())
+            }
+            Cmd::Dlq { cmd } => cmd.execute(&cfg).await,
+        }
+    }
+}
+
+/// Refuses a queue the config does not have, listing the ones it does.
+pub(crate) fn check_queue(cfg: &Config, queue: &str) -> Result<(), CliError> {
+    if cfg.queues.contains_key(queue) {
+        return Ok(());
+    }
+    let known: Vec<&str> = cfg.queues.keys().map(String::as_str).collect();
+    Err(CliError::Usage(format!(
+        "queue `{queue}` is not configured (configured: {}); check the name, or pass the worker's --config",
+        known.join(", ")
+    )))
+}

@@ -1,0 +1,145 @@
+//! `worker queues [--json]`: the depth of every configured queue, with the pool target a
+//! running worker on the configured admin port reports in its `/metrics`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use comfy_table::Table;
+use queues::Broker;
+use runtime::Config;
+use serde::Serialize;
+
+use crate::cmd::CliError;
+
+/// `worker queues` arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One line of `worker queues`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QueueRow {
+    pub queue: String,
+    pub priority: String,
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+    pub dead_lettered: u64,
+    /// Seconds.
+    pub oldest_age: Option<f64>,
+    /// The running worker's current target, when one answers on the configured admin port.
+    pub pool_target: Option<usize>,
+}
+
+/// Connects, reads the depths and the live targets, prints the table.
+pub async fn execute(cfg: &Config, args: &Args) -> Result<(), CliError> {
+    let broker = crate::app::connect(cfg).await?;
+    let targets = live_targets(cfg.worker.admin_addr).await;
+    let rows = rows(&*broker, cfg, &targets).await?;
+    println!("{}", render(&rows, args.json));
+    Ok(())
+}
+
+/// Depth of every configured queue, with live pool targets when `targets` has them.
+pub async fn rows(
+    broker: &dyn Broker,
+    cfg: &Config,
+    targets: &BTreeMap<String, usize>,
+) -> Result<Vec<QueueRow>, CliError> {
+    let mut rows = Vec::new();
+    for (name, q) in &cfg.queues {
+        let d = broker.depth(name).await?;
+        rows.push(QueueRow {
+            queue: name.clone(),
+            priority: q.priority.as_str().to_owned(),
+            visible: d.visible,
+            in_flight: d.in_flight,
+            delayed: d.delayed,
+            dead_lettered: d.dead_lettered,
+            oldest_age: d.oldest_age.map(|a| a.as_secs_f64()),
+            pool_target: targets.get(name).copied(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Reads `jobfleet_pool_target` from a worker's `/metrics` at `addr` (best effort: empty when
+/// nothing answers within half a second).
+pub async fn live_targets(addr: SocketAddr) -> BTreeMap<String, usize> {
+    let fetch = async {
+        // The admin port is local: a proxy from the environment must not be asked for it.
+        let client = reqwest::Client::builder().no_proxy().build().ok()?;
+        let resp = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?;
+        resp.error_for_status().ok()?.text().await.ok()
+    };
+    match tokio::time::timeout(Duration::from_millis(500), fetch).await {
+        Ok(Some(text)) => parse_targets(&text),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// The `jobfleet_pool_target{queue="q"} N` samples of Prometheus text, by queue.
+pub fn parse_targets(text: &str) -> BTreeMap<String, usize> {
+    use prometheus_parse::{Scrape, Value};
+    let Ok(scrape) = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))) else {
+        return BTreeMap::new();
+    };
+    scrape
+        .samples
+        .into_iter()
+        .filter(|s| s.metric == "jobfleet_pool_target")
+        .filter_map(|s| {
+            let v = match s.value {
+                Value::Gauge(v) | Value::Untyped(v) | Value::Counter(v) => v,
+                _ => return None,
+            };
+            let queue = s.labels.get("queue")?.to_owned();
+            (v.is_finite() && v >= 0.0).then_some((queue, v as usize))
+        })
+        .collect()
+}
+
+fn age(secs: Option<f64>) -> String {
+    secs.map_or("-".into(), |s| {
+        humantime::format_duration(Duration::from_secs(s as u64)).to_string()
+    })
+}
+
+/// The table (or JSON) of `worker queues`.
+pub fn render(rows: &[QueueRow], json: bool) -> String {
+    if json {
+        return serde_json::to_string_pretty(rows).expect("rows serialize");
+    }
+    let mut t = Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "queue",
+        "priority",
+        "visible",
+        "in-flight",
+        "delayed",
+        "DLQ",
+        "oldest",
+        "pool target",
+    ]);
+    for r in rows {
+        t.add_row(vec![
+            r.queue.clone(),
+            r.priority.clone(),
+            r.visible.to_string(),
+            r.in_flight.to_string(),
+            r.delayed.to_string(),
+            r.dead_lettered.to_string(),
+            age(r.oldest_age),
+            r.pool_target.map_or("-".into(), |t| t.to_string()),
+        ]);
+    }
+    t.to_string()
+}
