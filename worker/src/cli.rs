@@ -727,7 +727,7 @@ async fn db(cfg: &Config) -> Result<sqlx::PgPool, CliError> {
 /// Applies the pending migrations; returns the status afterwards.
 pub async fn migrate(cfg: &Config) -> Result<Vec<MigrationStatus>, CliError> {
     let pool = db(cfg).await?;
-    jobs::MIGRATOR
+    migrations::MIGRATOR
         .run(&pool)
         .await
         .map_err(|e| CliError::Failed(format!("migration failed: {e}")))?;
@@ -741,7 +741,7 @@ pub async fn migrate_status(cfg: &Config) -> Result<Vec<MigrationStatus>, CliErr
 }
 
 async fn status_on(pool: &sqlx::PgPool) -> Result<Vec<MigrationStatus>, CliError> {
-    let table = &jobs::MIGRATOR.table_name;
+    let table = &migrations::MIGRATOR.table_name;
     let applied: Vec<i64> = match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
         "SELECT version FROM {table} WHERE success"
     )))
@@ -757,7 +757,7 @@ async fn status_on(pool: &sqlx::PgPool) -> Result<Vec<MigrationStatus>, CliError
             )));
         }
     };
-    Ok(jobs::MIGRATOR
+    Ok(migrations::MIGRATOR
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
         .map(|m| MigrationStatus {
