@@ -15,7 +15,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::budget::{Demand, allocate};
 use crate::config::QueueConfig;
-use crate::pool::{Pool, until_set};
+use crate::flag::until_set;
+use crate::pool::Pool;
 
 /// The scaling rule for one pool.
 #[derive(Debug, Clone)]

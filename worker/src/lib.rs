@@ -9,10 +9,14 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod diag;
+pub mod flag;
+pub mod ledger;
 pub mod pool;
 pub mod runner;
+pub mod settle;
 pub mod stats;
 pub mod telemetry;
+pub mod verdict;
 pub mod worker;
 
 pub use config::Config;
