@@ -80,11 +80,18 @@ impl RetryPolicy {
     /// with full jitter, i.e. uniform in [0, min(cap, base·2^(attempt-1))], so a burst of
     /// failures does not come back as a burst.
     pub fn backoff(&self, attempt: u32) -> Duration {
+        self.backoff_at(attempt, rand::random::<f64>())
+    }
+
+    /// [`RetryPolicy::backoff`] for a given jitter sample `unit` in [0, 1) (clamped): the
+    /// deterministic part, so callers can decide with a sample drawn elsewhere and tests can
+    /// pin it.
+    pub fn backoff_at(&self, attempt: u32, unit: f64) -> Duration {
         let ceiling = self.backoff_ceiling(attempt);
-        if ceiling.is_zero() {
-            return ceiling;
+        if ceiling.is_zero() || unit.is_nan() {
+            return Duration::ZERO;
         }
-        Duration::from_secs_f64(rand::random::<f64>() * ceiling.as_secs_f64())
+        ceiling.mul_f64(unit.clamp(0.0, 1.0))
     }
 
     /// The upper bound of [`RetryPolicy::backoff`] for `attempt`.
@@ -197,6 +204,20 @@ impl Handler for Noop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_at_scales_the_ceiling_by_the_sample() {
+        let p = RetryPolicy {
+            backoff_base: Duration::from_secs(2),
+            backoff_cap: Duration::from_secs(60),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.backoff_at(3, 0.0), Duration::ZERO);
+        assert_eq!(p.backoff_at(3, 0.25), Duration::from_secs(2));
+        assert_eq!(p.backoff_at(3, 7.0), Duration::from_secs(8), "clamped to 1");
+        assert_eq!(p.backoff_at(3, -1.0), Duration::ZERO, "clamped to 0");
+        assert_eq!(p.backoff_at(3, f64::NAN), Duration::ZERO);
+    }
 
     #[test]
     fn backoff_is_jittered_under_an_exponential_ceiling() {

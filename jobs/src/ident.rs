@@ -122,14 +122,25 @@ pub fn lock_key(namespace: &str, name: &str) -> i64 {
     i64::from_be_bytes(b)
 }
 
+/// PostgreSQL's "undefined_table".
+const UNDEFINED_TABLE: &str = "42P01";
+
+/// Appended to an undefined-table error: the one command that creates jobfleet's tables.
+pub const MIGRATE_HINT: &str = " (if it is one of jobfleet's tables, the database schema is missing or behind: run `worker migrate`; `worker migrate --status` lists what is applied)";
+
 /// Maps a database error to a retry decision: errors that another attempt cannot fix
 /// (undefined table/column, bad data, permission) are permanent; the rest (connection loss,
 /// deadlock, serialization failure, timeouts) are retried.
 pub fn db_error(context: &str, e: sqlx::Error) -> JobError {
-    let msg = format!("{context}: {e}");
+    let mut msg = format!("{context}: {e}");
     match &e {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            if code == UNDEFINED_TABLE {
+                // The worker does not migrate at start (docs/decisions.md, "One migrator"):
+                // name the command, since a missing jobfleet table means exactly that.
+                msg.push_str(MIGRATE_HINT);
+            }
             // Class 42: syntax/undefined objects/privileges (a config pointing at the wrong
             // table); class 22: data exceptions; 23: integrity violations other than the
             // races that a retry resolves.

@@ -21,9 +21,6 @@ pub use handler::{
 };
 pub use validate::Validators;
 
-/// The project's migrations (`migrations/*.sql`), applied by `worker migrate`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
 /// Why the registry could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {

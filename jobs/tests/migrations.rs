@@ -1,4 +1,4 @@
-//! `jobs::MIGRATOR` on an empty database: builds the schema, and a second run is a no-op.
+//! `migrations::MIGRATOR` on an empty database: builds the schema, and a second run is a no-op.
 
 mod common;
 
@@ -20,15 +20,18 @@ async fn migrator_builds_schema_and_is_idempotent() {
         .unwrap();
 
     // Concurrent runs are serialised by the migrator's own lock.
-    let (a, b) = tokio::join!(jobs::MIGRATOR.run(&pool), jobs::MIGRATOR.run(&pool));
+    let (a, b) = tokio::join!(
+        migrations::MIGRATOR.run(&pool),
+        migrations::MIGRATOR.run(&pool)
+    );
     a.unwrap();
     b.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(applied as usize, jobs::MIGRATOR.iter().count());
-    jobs::MIGRATOR.run(&pool).await.unwrap();
+    assert_eq!(applied as usize, migrations::MIGRATOR.iter().count());
+    migrations::MIGRATOR.run(&pool).await.unwrap();
     let again: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&pool)
         .await
@@ -136,4 +139,28 @@ fn registry_has_every_kind_with_its_policy() {
         .unwrap();
         assert!(err.to_string().contains("jobs.embed.chunk_size"), "{err}");
     });
+}
+
+/// The worker does not migrate at start: a job meeting a missing table says which command
+/// creates it, and is not retried.
+#[tokio::test]
+async fn a_job_on_a_database_without_the_schema_names_worker_migrate() {
+    let pool = common::pool().await;
+    let absent = jobs::testkit::random_schema("jt_absent");
+    let cfg = jobs::testkit::config_for_schema(&absent);
+    let reg = jobs::registry(pool, &cfg).unwrap();
+    let err = reg
+        .get("embed_document")
+        .unwrap()
+        .handler
+        .run(&common::ctx(), &serde_json::json!({"document_id": 1}))
+        .await
+        .unwrap_err();
+    match err {
+        jobs::JobError::Permanent(m) => {
+            assert!(m.contains("does not exist"), "{m}");
+            assert!(m.ends_with(jobs::ident::MIGRATE_HINT), "{m}");
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
 }

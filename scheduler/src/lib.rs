@@ -19,10 +19,6 @@ pub use crate::schedule::CompiledSchedule;
 /// The lease key replicas elect a leader on, unless told otherwise.
 pub const DEFAULT_LEASE_NAME: &str = "jobfleet-scheduler";
 
-/// The scheduler's own tables (`migrations/0090_scheduler.sql`). Idempotent; `worker migrate`
-/// applies it with the rest, [`ensure_schema`] lets tests and a first run apply it alone.
-pub const SCHEMA_SQL: &str = include_str!("../../migrations/0090_scheduler.sql");
-
 /// Everything that can go wrong in the scheduler.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -47,20 +43,4 @@ pub enum SchedulerError {
     /// The admin HTTP port.
     #[error("admin HTTP: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Applies [`SCHEMA_SQL`] under an advisory lock, so concurrent first runs don't race on
-/// `CREATE TABLE IF NOT EXISTS`.
-pub async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), SchedulerError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('jobfleet.scheduler schema'))")
-        .execute(&mut *tx)
-        .await?;
-    // "already exists, skipping" notices on every start are noise.
-    sqlx::query("SET LOCAL client_min_messages = warning")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::raw_sql(SCHEMA_SQL).execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(())
 }

@@ -52,7 +52,9 @@ async fn main() -> anyhow::Result<()> {
     let pool = runner::connect_db(&cfg)
         .await
         .with_context(|| "connecting to database.url")?;
-    scheduler::ensure_schema(&pool).await?;
+    // Lease and ledger tables are needed before anything else; a first start applies the one
+    // migrator (docs/decisions.md, "One migrator").
+    migrations::ensure(&pool).await?;
     let core = match cli.command {
         // Listing reads the ledger only, so it works while the broker is down.
         Command::List { .. } => runner::build_core_with(

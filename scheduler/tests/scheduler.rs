@@ -24,7 +24,7 @@ async fn pool() -> PgPool {
         .connect(&url)
         .await
         .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh starts it)");
-    scheduler::ensure_schema(&pool).await.unwrap();
+    migrations::ensure(&pool).await.unwrap();
     pool
 }
 

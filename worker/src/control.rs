@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::budget::{Demand, allocate};
-use crate::pool::{Pool, until_set};
+use crate::flag::until_set;
+use crate::pool::Pool;
 use runtime::config::QueueConfig;
 
 /// The scaling rule for one pool.

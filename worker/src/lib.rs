@@ -11,9 +11,13 @@ pub mod cmd;
 pub mod config;
 pub mod control;
 pub mod diag;
+pub mod flag;
+pub mod ledger;
 pub mod pool;
 pub mod runner;
+pub mod settle;
 pub mod stats;
+pub mod verdict;
 pub mod worker;
 
 pub use runtime::{Config, Shutdown};

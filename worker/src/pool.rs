@@ -4,13 +4,15 @@
 //! until enough jobs have finished.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use queues::{Broker, Depth};
 use tokio::sync::{Notify, watch};
 
-use crate::runner::{Runner, Settled};
+use crate::flag::until_set;
+use crate::ledger::Ledger;
+use crate::runner::Runner;
 use crate::stats::PoolSnapshot;
 use runtime::config::QueueConfig;
 
@@ -45,9 +47,7 @@ pub struct Pool {
     target: AtomicUsize,
     granted: AtomicUsize,
     running: AtomicUsize,
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    dead_lettered: AtomicU64,
+    ledger: Ledger,
     receiving: AtomicBool,
     shared: Arc<Shared>,
 }
@@ -62,9 +62,7 @@ impl Pool {
             target: AtomicUsize::new(min),
             granted: AtomicUsize::new(min),
             running: AtomicUsize::new(0),
-            succeeded: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
+            ledger: Ledger::default(),
             receiving: AtomicBool::new(false),
             shared,
         }
@@ -118,9 +116,9 @@ impl Pool {
             target: self.target.load(Ordering::SeqCst),
             granted: self.granted.load(Ordering::SeqCst),
             running: self.running(),
-            succeeded: self.succeeded.load(Ordering::SeqCst),
-            failed: self.failed.load(Ordering::SeqCst),
-            dead_lettered: self.dead_lettered.load(Ordering::SeqCst),
+            succeeded: self.ledger.succeeded(),
+            failed: self.ledger.failed(),
+            dead_lettered: self.ledger.dead_lettered(),
         }
     }
 
@@ -213,29 +211,11 @@ impl Pool {
                     let settled = runner
                         .run(&pool.queue, pool.cfg.visibility_timeout, delivery, abort)
                         .await;
-                    pool.count(settled);
+                    pool.ledger.record(&pool.queue, &settled);
                 });
             }
         }
         self.receiving.store(false, Ordering::SeqCst);
-    }
-
-    fn count(&self, s: Settled) {
-        match s {
-            Settled::Succeeded => {
-                self.succeeded.fetch_add(1, Ordering::SeqCst);
-            }
-            Settled::Retried => {
-                self.failed.fetch_add(1, Ordering::SeqCst);
-            }
-            Settled::DeadLettered { failed } => {
-                if failed {
-                    self.failed.fetch_add(1, Ordering::SeqCst);
-                }
-                self.dead_lettered.fetch_add(1, Ordering::SeqCst);
-            }
-            Settled::HandedBack | Settled::Abandoned => {}
-        }
     }
 }
 
@@ -249,10 +229,4 @@ impl Drop for SlotGuard {
         metrics::gauge!("jobfleet_pool_running", "queue" => self.0.queue.clone()).set(now as f64);
         self.0.shared.changed.notify_waiters();
     }
-}
-
-/// Resolves once the flag is true (or its sender is gone). A plain future, unlike
-/// `wait_for`, whose guard is not `Send`.
-pub(crate) async fn until_set(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await.map(|_| ());
 }

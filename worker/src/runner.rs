@@ -1,40 +1,25 @@
-//! Runs one delivery from start to settlement: parse, look up the kind, validate, run the
-//! handler with a timeout and a heartbeat, and then ack, retry with backoff, or dead-letter with
-//! the whole error history. Nothing a message contains can crash the worker: malformed bodies,
-//! unknown kinds, bad payloads and panicking handlers all end in a settled delivery.
+//! Runs one delivery from start to settlement: parse, look up the kind, check for a crash
+//! loop, validate, run the handler in its own task with a timeout and a heartbeat. What that
+//! comes to (an [`Outcome`]) is decided by the pure [`verdict`], carried out by
+//! [`settle`](crate::settle::settle) and counted by the pool's [`Ledger`](crate::ledger::Ledger)
+//! from the [`Settled`] this returns. Nothing a message contains can crash the worker: malformed
+//! bodies, unknown kinds, bad payloads and panicking handlers all end in a settled delivery.
 
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobs::{JobContext, JobError, Registry, RetryPolicy};
+use jobs::{JobContext, Registered, Registry};
 use queues::{Delivery, Envelope, QueueError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// How a delivery ended, for the pool's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
-    /// Ran and acked.
-    Succeeded,
-    /// Failed and put back with a delay.
-    Retried,
-    /// Moved to the DLQ; `failed` when an attempt ran (or was refused) and failed.
-    DeadLettered { failed: bool },
-    /// Handed back unrun or cut off on shutdown.
-    HandedBack,
-    /// Left alone: the lease was lost, or settling failed and the broker will redeliver it.
-    Abandoned,
-}
-
-/// What one attempt came to.
-enum Attempt {
-    Done(jobs::Outcome),
-    Failed(JobError),
-    TimedOut(Duration),
-    Panicked(String),
-}
+use crate::flag::until_set;
+pub use crate::ledger::Settled;
+use crate::ledger::{self, MALFORMED_LABEL, UNKNOWN_LABEL};
+use crate::settle::settle;
+use crate::verdict::{self, Outcome, Verdict, verdict};
 
 /// Runs deliveries against a registry. Cheap to share.
 pub struct Runner {
@@ -99,7 +84,8 @@ impl Runner {
     }
 
     /// Runs and settles one delivery from `queue`. `abort` turning true (shutdown grace over)
-    /// cuts the handler off and hands the job back without delay.
+    /// cuts the handler off and hands the job back without delay. The caller counts the result
+    /// ([`Ledger::record`](crate::ledger::Ledger::record)).
     pub async fn run(
         &self,
         queue: &str,
@@ -112,176 +98,131 @@ impl Runner {
             Ok(e) => e.clone(),
             Err(parse) => {
                 let span =
-                    tracing::warn_span!("job", job_id = %msg.id(), queue, kind = "(malformed)");
-                let reason = parse.to_string();
-                return async {
-                    tracing::warn!(reason = %reason, "malformed message; dead-lettering it as it came");
-                    count("jobfleet_jobs_dead_lettered_total", queue, "(malformed)");
-                    settle_dlq(&*delivery, None, &reason, false).await
-                }
-                .instrument(span)
-                .await;
+                    tracing::warn_span!("job", job_id = %msg.id(), queue, kind = MALFORMED_LABEL);
+                let outcome = Outcome::Malformed(parse.to_string());
+                return self
+                    .finish(&*delivery, None, None, MALFORMED_LABEL, outcome)
+                    .instrument(span)
+                    .await;
             }
         };
         let span = tracing::info_span!("job", job_id = %env.id, kind = %env.kind, queue, attempt = env.attempt + 1);
-        self.run_envelope(queue, visibility, &*delivery, env, abort)
-            .instrument(span)
-            .await
-    }
-
-    async fn run_envelope(
-        &self,
-        queue: &str,
-        visibility: Duration,
-        delivery: &dyn Delivery,
-        mut env: Envelope,
-        mut abort: watch::Receiver<bool>,
-    ) -> Settled {
-        let Some(reg) = self.registry.get(&env.kind) else {
-            let known: Vec<&str> = self.registry.kinds().collect();
-            let reason = format!(
-                "unknown job kind `{}` (this worker runs: {})",
-                env.kind,
-                known.join(", ")
-            );
-            tracing::warn!(%reason, "dead-lettering");
-            env.record_failure(&reason, &self.worker_id);
-            // An arbitrary kind string must not become a metrics label (unbounded cardinality).
-            count("jobfleet_jobs_dead_lettered_total", queue, "(unknown)");
-            return settle_dlq(delivery, Some(&env), &reason, true).await;
-        };
-        let kind = env.kind.clone();
-        let policy: RetryPolicy = reg.policy.clone();
-        let max_attempts = env.max_attempts.min(policy.max_attempts).max(1);
-        let attempt = env.attempt + 1;
-
-        let receives = delivery.message().receive_count();
-        if receives > max_attempts {
-            let reason = format!(
-                "crash loop: delivered {receives} times without being settled (max_attempts {max_attempts}); a worker probably dies running it"
-            );
-            tracing::error!(%reason, "dead-lettering");
-            env.record_failure(&reason, &self.worker_id);
-            count("jobfleet_jobs_dead_lettered_total", queue, &kind);
-            return settle_dlq(delivery, Some(&env), &reason, true).await;
-        }
-        if let Err(e) = reg.handler.validate(&env.payload) {
-            let reason = match e {
-                JobError::Permanent(m) => format!("permanent: {m}"),
-                other => format!("permanent: invalid payload: {other}"),
-            };
-            tracing::warn!(%reason, "payload failed validation; dead-lettering");
-            env.record_failure(&reason, &self.worker_id);
-            count("jobfleet_jobs_failed_total", queue, &kind);
-            count("jobfleet_jobs_dead_lettered_total", queue, &kind);
-            return settle_dlq(delivery, Some(&env), &reason, true).await;
-        }
-
-        count("jobfleet_jobs_started_total", queue, &kind);
-        let started = Instant::now();
-        let handler = reg.handler.clone();
-        let ctx = JobContext {
-            job_id: env.id.clone(),
-            queue: queue.to_owned(),
-            attempt,
-        };
-        let payload = env.payload.clone();
-        // A task of its own, so a panic is caught by the runtime and comes back as a JoinError
-        // instead of unwinding through the worker, and so it can be aborted on a lost lease.
-        let task = tokio::spawn(async move { handler.run(&ctx, &payload).await }.in_current_span());
-        let _guard = AbortOnDrop(task.abort_handle());
-        let result = tokio::select! {
-            r = tokio::time::timeout(policy.timeout, task) => match r {
-                Err(_) => Attempt::TimedOut(policy.timeout),
-                Ok(Ok(Ok(outcome))) => Attempt::Done(outcome),
-                Ok(Ok(Err(e))) => Attempt::Failed(e),
-                Ok(Err(join)) if join.is_panic() => Attempt::Panicked(panic_message(join.into_panic())),
-                Ok(Err(join)) => Attempt::Panicked(format!("handler task ended: {join}")),
-            },
-            _ = heartbeat(delivery, visibility) => {
-                // Not settled: the redelivered twin owns the job now.
-                return Settled::Abandoned;
-            }
-            _ = crate::pool::until_set(&mut abort) => {
-                tracing::warn!("shutdown grace over; handing the job back");
-                if let Err(e) = delivery.nack(Duration::ZERO).await {
-                    tracing::warn!(error = %e, "hand-back failed; the job returns after its visibility timeout");
-                }
-                return Settled::HandedBack;
-            }
-        };
-        let elapsed = started.elapsed();
-        metrics::histogram!("jobfleet_job_duration_seconds", "queue" => queue.to_owned(), "kind" => kind.clone())
-            .record(elapsed.as_secs_f64());
-
-        let (error, delay) = match result {
-            Attempt::Done(outcome) => {
-                return match delivery.ack().await {
-                    Ok(()) => {
-                        tracing::info!(summary = %outcome.summary, elapsed_ms = elapsed.as_millis() as u64, "job succeeded");
-                        count("jobfleet_jobs_succeeded_total", queue, &kind);
-                        Settled::Succeeded
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "job succeeded but the ack failed; it will run again (handlers are idempotent)");
-                        Settled::Abandoned
-                    }
+        async {
+            let Some(reg) = self.registry.get(&env.kind) else {
+                let outcome = Outcome::UnknownKind {
+                    kind: env.kind.clone(),
+                    known: self.registry.kinds().map(str::to_owned).collect(),
                 };
-            }
-            Attempt::Failed(JobError::Permanent(m)) => {
-                let reason = format!("permanent: {m}");
-                tracing::warn!(%reason, "job failed permanently; dead-lettering");
-                env.record_failure(&reason, &self.worker_id);
-                count("jobfleet_jobs_failed_total", queue, &kind);
-                count("jobfleet_jobs_dead_lettered_total", queue, &kind);
-                return settle_dlq(delivery, Some(&env), &reason, true).await;
-            }
-            Attempt::Failed(JobError::RetryAfter { after, message }) => (message, Some(after)),
-            Attempt::Failed(JobError::Retry(m)) => (m, None),
-            Attempt::TimedOut(t) => (format!("timed out after {t:?}"), None),
-            Attempt::Panicked(m) => (format!("panicked: {m}"), None),
-        };
-        count("jobfleet_jobs_failed_total", queue, &kind);
-        env.record_failure(&error, &self.worker_id);
-        if env.attempt >= max_attempts {
-            let reason = format!(
-                "attempts exhausted ({}/{max_attempts}): {error}",
-                env.attempt
-            );
-            tracing::warn!(%reason, "dead-lettering");
-            count("jobfleet_jobs_dead_lettered_total", queue, &kind);
-            return settle_dlq(delivery, Some(&env), &reason, true).await;
+                return self
+                    .finish(&*delivery, Some(env), None, UNKNOWN_LABEL, outcome)
+                    .await;
+            };
+            let outcome = attempt(queue, visibility, &*delivery, &env, reg, abort).await;
+            let kind = env.kind.clone();
+            self.finish(&*delivery, Some(env), Some(&reg.policy), &kind, outcome)
+                .await
         }
-        let delay = delay.unwrap_or_else(|| policy.backoff(attempt));
-        match delivery.retry(&env, delay).await {
-            Ok(()) => {
-                tracing::info!(error = %error, retry_in_ms = delay.as_millis() as u64, "job failed; retrying");
-                count("jobfleet_jobs_retried_total", queue, &kind);
-                Settled::Retried
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "retry write failed; the job returns after its visibility timeout");
-                Settled::Abandoned
-            }
+        .instrument(span)
+        .await
+    }
+
+    /// Decides, logs and settles; returns what the ledger counts.
+    async fn finish(
+        &self,
+        delivery: &dyn Delivery,
+        env: Option<Envelope>,
+        policy: Option<&jobs::RetryPolicy>,
+        kind: &str,
+        outcome: Outcome,
+    ) -> Settled {
+        let v = verdict(env.as_ref(), policy, &outcome, rand::random::<f64>());
+        log_decision(&outcome, &v);
+        if !settle(delivery, env, &v, &self.worker_id).await {
+            return Settled::Abandoned;
+        }
+        match v {
+            Verdict::Ack => Settled::Succeeded {
+                kind: kind.to_owned(),
+            },
+            Verdict::Retry { .. } => Settled::Retried {
+                kind: kind.to_owned(),
+            },
+            Verdict::DeadLetter { .. } => Settled::dead_lettered(kind, &outcome),
+            Verdict::HandBack => Settled::HandedBack,
+            Verdict::LeaveAlone => Settled::Abandoned,
         }
     }
 }
 
-fn count(name: &'static str, queue: &str, kind: &str) {
-    metrics::counter!(name, "queue" => queue.to_owned(), "kind" => kind.to_owned()).increment(1);
+/// Everything between finding the kind and deciding: the crash-loop check, `validate`, and the
+/// handler's run in a task of its own, raced against the heartbeat and the abort flag.
+async fn attempt(
+    queue: &str,
+    visibility: Duration,
+    delivery: &dyn Delivery,
+    env: &Envelope,
+    reg: &Registered,
+    mut abort: watch::Receiver<bool>,
+) -> Outcome {
+    let policy = &reg.policy;
+    let receives = delivery.message().receive_count();
+    if verdict::is_crash_loop(receives, env, policy) {
+        return Outcome::CrashLoop { receives };
+    }
+    if let Err(e) = reg.handler.validate(&env.payload) {
+        return Outcome::Invalid(e);
+    }
+
+    ledger::started(queue, &env.kind);
+    let started = Instant::now();
+    let handler = reg.handler.clone();
+    let ctx = JobContext {
+        job_id: env.id.clone(),
+        queue: queue.to_owned(),
+        attempt: env.attempt + 1,
+    };
+    let payload = env.payload.clone();
+    // A task of its own, so a panic is caught by the runtime and comes back as a JoinError
+    // instead of unwinding through the worker, and so it can be aborted on a lost lease.
+    let task = tokio::spawn(async move { handler.run(&ctx, &payload).await }.in_current_span());
+    let _guard = AbortOnDrop(task.abort_handle());
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(policy.timeout, task) => match r {
+            Err(_) => Outcome::TimedOut(policy.timeout),
+            Ok(Ok(Ok(done))) => Outcome::Succeeded { summary: done.summary, elapsed: started.elapsed() },
+            Ok(Ok(Err(e))) => Outcome::Failed(e),
+            Ok(Err(join)) if join.is_panic() => Outcome::Panicked(panic_message(join.into_panic())),
+            Ok(Err(join)) => Outcome::Panicked(format!("handler task ended: {join}")),
+        },
+        // Not settled: the redelivered twin owns the job now.
+        _ = heartbeat(delivery, visibility) => return Outcome::LeaseLost,
+        _ = until_set(&mut abort) => return Outcome::Shutdown,
+    };
+    ledger::ran(queue, &env.kind, started.elapsed());
+    outcome
 }
 
-async fn settle_dlq(
-    delivery: &dyn Delivery,
-    env: Option<&Envelope>,
-    reason: &str,
-    failed: bool,
-) -> Settled {
-    match delivery.dead_letter(env, reason).await {
-        Ok(()) => Settled::DeadLettered { failed },
-        Err(e) => {
-            tracing::error!(error = %e, "dead-lettering failed; the message returns after its visibility timeout");
-            Settled::Abandoned
+/// One log line per decision, at the level the case deserves.
+fn log_decision(outcome: &Outcome, v: &Verdict) {
+    match (outcome, v) {
+        (Outcome::Succeeded { summary, elapsed }, _) => {
+            tracing::info!(summary = %summary, elapsed_ms = elapsed.as_millis() as u64, "job succeeded");
         }
+        (_, Verdict::Retry { error, delay }) => {
+            tracing::info!(error = %error, retry_in_ms = delay.as_millis() as u64, "job failed; retrying");
+        }
+        (Outcome::Malformed(_), Verdict::DeadLetter { reason, .. }) => {
+            tracing::warn!(reason = %reason, "malformed message; dead-lettering it as it came");
+        }
+        (Outcome::CrashLoop { .. }, Verdict::DeadLetter { reason, .. }) => {
+            tracing::error!(%reason, "dead-lettering");
+        }
+        (Outcome::Invalid(_), Verdict::DeadLetter { reason, .. }) => {
+            tracing::warn!(%reason, "payload failed validation; dead-lettering");
+        }
+        (_, Verdict::DeadLetter { reason, .. }) => tracing::warn!(%reason, "dead-lettering"),
+        (_, Verdict::HandBack) => tracing::warn!("shutdown grace over; handing the job back"),
+        // The heartbeat logged the lost lease.
+        (_, Verdict::Ack | Verdict::LeaveAlone) => {}
     }
 }

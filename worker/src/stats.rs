@@ -19,7 +19,7 @@ pub struct PoolSnapshot {
     pub running: usize,
     /// Jobs that succeeded since start.
     pub succeeded: u64,
-    /// Attempts that failed since start (retried or dead-lettered).
+    /// Attempts that failed since start, retried or dead-lettered (the rule is in `ledger.rs`).
     pub failed: u64,
     /// Jobs sent to the DLQ since start.
     pub dead_lettered: u64,

@@ -30,7 +30,7 @@ async fn ensure_partitions_end_to_end_through_a_real_broker() {
 
     let url = std::env::var("JOBFLEET_TEST_DATABASE_URL").unwrap_or_else(|_| DB.into());
     let pool = PgPool::connect(&url).await.expect("PostgreSQL on :5432");
-    scheduler::ensure_schema(&pool).await.unwrap();
+    migrations::ensure(&pool).await.unwrap();
     let ns = uniq("e2e");
     let mut cfg = BrokerConfig::new(BackendKind::Postgres, DB);
     cfg.namespace = ns.clone();

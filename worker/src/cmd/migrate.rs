@@ -51,7 +51,7 @@ async fn db(cfg: &Config) -> Result<sqlx::PgPool, CliError> {
 /// Applies the pending migrations; returns the status afterwards.
 pub async fn apply(cfg: &Config) -> Result<Vec<MigrationStatus>, CliError> {
     let pool = db(cfg).await?;
-    jobs::MIGRATOR
+    migrations::MIGRATOR
         .run(&pool)
         .await
         .map_err(|e| CliError::Failed(format!("migration failed: {e}")))?;
@@ -65,29 +65,15 @@ pub async fn status(cfg: &Config) -> Result<Vec<MigrationStatus>, CliError> {
 }
 
 async fn status_on(pool: &sqlx::PgPool) -> Result<Vec<MigrationStatus>, CliError> {
-    let table = &jobs::MIGRATOR.table_name;
-    let applied: Vec<i64> = match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
-        "SELECT version FROM {table} WHERE success"
-    )))
-    .fetch_all(pool)
-    .await
-    {
-        Ok(v) => v,
-        // No bookkeeping table yet: nothing applied.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
-        Err(e) => {
-            return Err(CliError::Failed(format!(
-                "cannot read migration status: {e}"
-            )));
-        }
-    };
-    Ok(jobs::MIGRATOR
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration())
+    let list = migrations::status(pool)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot read migration status: {e}")))?;
+    Ok(list
+        .into_iter()
         .map(|m| MigrationStatus {
             version: m.version,
-            description: m.description.to_string(),
-            applied: applied.contains(&m.version),
+            description: m.description,
+            applied: m.applied,
         })
         .collect())
 }
