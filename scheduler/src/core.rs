@@ -64,6 +64,19 @@ pub enum Fired {
     NothingDue,
 }
 
+/// What `scheduler trigger` tells the operator.
+impl std::fmt::Display for Fired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fired::Enqueued(id) => write!(f, "enqueued as job {id}"),
+            Fired::Duplicate => f.write_str("already enqueued"),
+            Fired::Pending => f.write_str("another claim on it is still pending"),
+            Fired::NotLeader => f.write_str("this replica is not the leader"),
+            Fired::NothingDue => f.write_str("nothing due"),
+        }
+    }
+}
+
 /// Per-core settings.
 #[derive(Debug, Clone)]
 pub struct CoreOptions {

@@ -249,7 +249,10 @@ impl Runner {
             }
             Attempt::Failed(JobError::RetryAfter { after, message }) => (message, Some(after)),
             Attempt::Failed(JobError::Retry(m)) => (m, None),
-            Attempt::TimedOut(t) => (format!("timed out after {t:?}"), None),
+            Attempt::TimedOut(t) => (
+                format!("timed out after {}", humantime::format_duration(t)),
+                None,
+            ),
             Attempt::Panicked(m) => (format!("panicked: {m}"), None),
         };
         count("jobfleet_jobs_failed_total", queue, &kind);
