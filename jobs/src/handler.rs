@@ -16,7 +16,7 @@ pub enum JobError {
     #[error("{0}")]
     Retry(String),
     /// Try again after this long (a rate limit said so).
-    #[error("{message} (retry after {after:?})")]
+    #[error("{message} (retry after {})", humantime::format_duration(*.after))]
     RetryAfter { after: Duration, message: String },
     /// Retrying can't help (bad payload, missing row): dead-letter now.
     #[error("permanent: {0}")]
@@ -244,5 +244,14 @@ mod tests {
         .unwrap();
         assert_eq!(p.backoff_base, Duration::from_millis(500));
         assert!(toml::from_str::<RetryPolicy>("max_attempt = 3").is_err());
+    }
+
+    #[test]
+    fn retry_after_reads_as_a_duration_not_debug() {
+        let e = JobError::RetryAfter {
+            after: Duration::from_millis(1500),
+            message: "rate limited".into(),
+        };
+        assert_eq!(e.to_string(), "rate limited (retry after 1s 500ms)");
     }
 }

@@ -18,13 +18,13 @@ pub const MAX_IDENT_LEN: usize = 63;
 pub enum IdentError {
     #[error("empty identifier")]
     Empty,
-    #[error("identifier {0:?} is longer than 63 bytes")]
+    #[error("identifier '{0}' is longer than 63 bytes")]
     TooLong(String),
     #[error(
-        "identifier {0:?} must start with a letter or '_' and contain only letters, digits, '_' or '$'"
+        "identifier '{0}' must start with a letter or '_' and contain only letters, digits, '_' or '$'"
     )]
     BadChars(String),
-    #[error("name {0:?} must be `table` or `schema.table`")]
+    #[error("name '{0}' must be `table` or `schema.table`")]
     TooManyParts(String),
 }
 
@@ -184,6 +184,23 @@ mod tests {
             assert!(QualifiedName::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn refusals_quote_the_name_plainly() {
+        assert_eq!(
+            check_ident("a;drop").unwrap_err().to_string(),
+            "identifier 'a;drop' must start with a letter or '_' and contain only letters, \
+             digits, '_' or '$'"
+        );
+        assert_eq!(
+            QualifiedName::parse("a.b.c").unwrap_err().to_string(),
+            "name 'a.b.c' must be `table` or `schema.table`"
+        );
+        assert_eq!(
+            check_ident(&"x".repeat(64)).unwrap_err().to_string(),
+            format!("identifier '{}' is longer than 63 bytes", "x".repeat(64))
+        );
     }
 
     #[test]

@@ -229,7 +229,7 @@ fn parse(payload: &Value) -> Result<RollupPayload, JobError> {
             .map_err(|e| {
                 JobError::bad_payload(
                     KIND,
-                    format!("`{key}` ({v:?}) is not an RFC 3339 time: {e}"),
+                    format!("`{key}` ('{v}') is not an RFC 3339 time: {e}"),
                 )
             })
     };

@@ -178,7 +178,7 @@ async fn bad_windows_are_permanent() {
         ),
         (
             json!({"granularity": "day", "from": "yesterday", "to": "2026-01-01T00:00:00Z"}),
-            "from",
+            "invalid rollup_analytics payload: `from` ('yesterday') is not an RFC 3339 time: ",
         ),
         (json!({"granularity": "day"}), "from"),
     ] {

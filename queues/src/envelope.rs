@@ -79,10 +79,20 @@ pub enum EnvelopeError {
     NotJson(String),
     #[error("body is JSON but not an object")]
     NotAnObject,
-    #[error("unsupported envelope version {0:?} (this worker reads v1)")]
+    #[error("unsupported envelope {} (this worker reads v1)", version_text(.0.as_ref()))]
     Version(Option<Value>),
     #[error("envelope field `{field}` is invalid: {reason}")]
     Field { field: String, reason: String },
+}
+
+/// `version 2`, `version '2'`, `version null`, or that `v` is missing: the value as a producer
+/// wrote it, not as Rust debug-prints it.
+fn version_text(v: Option<&Value>) -> String {
+    match v {
+        None => "version: field `v` is missing".into(),
+        Some(Value::String(s)) => format!("version '{s}'"),
+        Some(other) => format!("version {other}"),
+    }
 }
 
 impl Envelope {
@@ -259,11 +269,8 @@ mod tests {
         let cases: &[(&[u8], &str)] = &[
             (b"not json", "not valid JSON"),
             (b"[1,2]", "not an object"),
-            (
-                br#"{"v":2,"id":"a","kind":"k","queue":"q"}"#,
-                "version Some(Number(2))",
-            ),
-            (br#"{"id":"a","kind":"k","queue":"q"}"#, "version None"),
+            (br#"{"v":2,"id":"a","kind":"k","queue":"q"}"#, "version 2 "),
+            (br#"{"id":"a","kind":"k","queue":"q"}"#, "`v` is missing"),
             (
                 br#"{"v":1,"kind":"k","queue":"q"}"#,
                 "`id` is invalid: is missing",
@@ -292,6 +299,32 @@ mod tests {
                 "{:?}: {err}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    /// The reason lands in the DLQ, so it shows the value as the producer wrote it.
+    #[test]
+    fn version_reason_shows_the_value_plainly() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                br#"{"v":2,"id":"a","kind":"k","queue":"q"}"#,
+                "unsupported envelope version 2 (this worker reads v1)",
+            ),
+            (
+                br#"{"v":"2","id":"a","kind":"k","queue":"q"}"#,
+                "unsupported envelope version '2' (this worker reads v1)",
+            ),
+            (
+                br#"{"v":null,"id":"a","kind":"k","queue":"q"}"#,
+                "unsupported envelope version null (this worker reads v1)",
+            ),
+            (
+                br#"{"id":"a","kind":"k","queue":"q"}"#,
+                "unsupported envelope version: field `v` is missing (this worker reads v1)",
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(Envelope::parse(body).unwrap_err().to_string(), *want);
         }
     }
 

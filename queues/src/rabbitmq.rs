@@ -185,7 +185,10 @@ impl Inner {
         let opened = tokio::time::timeout(CONNECT_TIMEOUT, self.open())
             .await
             .map_err(|_| {
-                self.unavailable(Msg(format!("no connection within {CONNECT_TIMEOUT:?}")))
+                self.unavailable(Msg(format!(
+                    "no connection within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )))
             })??;
         *slot = Some(opened.clone());
         Ok(opened)
@@ -397,7 +400,8 @@ impl Inner {
                     BACKEND,
                     "basic.publish",
                     Msg(format!(
-                        "no publisher confirm within {CONFIRM_TIMEOUT:?} (is the broker blocked by an alarm?)"
+                        "no publisher confirm within {}s (is the broker blocked by an alarm?)",
+                        CONFIRM_TIMEOUT.as_secs()
                     )),
                 )
             })?;

@@ -5,7 +5,10 @@
 //! Rules, per schedule, at `now`:
 //! - on time: every fire time in `(now - grace, now]` (grace = 2 × lease) not yet settled is
 //!   enqueued. A failover gap is shorter than that, so ticks that fell while no replica led are
-//!   still enqueued by the new leader, whatever the catch-up policy.
+//!   still enqueued by the new leader, whatever the catch-up policy. For a brand-new schedule
+//!   (no tick in the ledger) the window starts no earlier than this process did: there was no
+//!   failover to cover, and back-dating its first ticks would fire it for times before any
+//!   scheduler knew it.
 //! - late (after downtime): for the latest fire time `tick <= now`, with `catch_up = latest`,
 //!   enqueue it once (one job for the latest missed tick, never one per missed tick) if the
 //!   ledger shows the schedule ran before; with `skip`, count it as missed and move on. A
@@ -61,6 +64,19 @@ pub enum Fired {
     NothingDue,
 }
 
+/// What `scheduler trigger` tells the operator.
+impl std::fmt::Display for Fired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fired::Enqueued(id) => write!(f, "enqueued as job {id}"),
+            Fired::Duplicate => f.write_str("already enqueued"),
+            Fired::Pending => f.write_str("another claim on it is still pending"),
+            Fired::NotLeader => f.write_str("this replica is not the leader"),
+            Fired::NothingDue => f.write_str("nothing due"),
+        }
+    }
+}
+
 /// Per-core settings.
 #[derive(Debug, Clone)]
 pub struct CoreOptions {
@@ -70,6 +86,8 @@ pub struct CoreOptions {
     pub holder: String,
     /// Lease length.
     pub lease: Duration,
+    /// When this process started: a brand-new schedule's first tick is the next one after it.
+    pub started_at: DateTime<Utc>,
 }
 
 impl CoreOptions {
@@ -79,6 +97,7 @@ impl CoreOptions {
             lease_name: lease_name.into(),
             holder: default_holder(),
             lease,
+            started_at: Utc::now(),
         }
     }
 }
@@ -95,6 +114,7 @@ pub struct Core {
     names: Vec<String>,
     ledger: Ledger,
     lease: Lease,
+    started_at: DateTime<Utc>,
     producer: Arc<dyn Producer>,
     leader_until: Mutex<Option<Instant>>,
     /// Latest tick per schedule this process already settled (enqueued or found enqueued), so
@@ -122,6 +142,7 @@ impl Core {
             names,
             ledger: Ledger::new(pool.clone()),
             lease: Lease::new(pool, opts.lease_name, opts.holder, opts.lease),
+            started_at: opts.started_at,
             producer,
             leader_until: Mutex::new(None),
             settled: Mutex::new(HashMap::new()),
@@ -263,9 +284,15 @@ impl Core {
         }
         // Every tick within the on-time window is enqueued, not just the latest: a failover
         // gap can span several ticks of a schedule that fires more often than the lease.
+        let floor = now - self.grace();
         let window_start = match settled {
-            Some(t) if t > now - self.grace() => t,
-            _ => now - self.grace(),
+            Some(t) if t > floor => t,
+            // Only in the first 2 × lease after start can the difference matter, so only then
+            // is the ledger asked.
+            _ if self.started_at > floor && self.ledger.last_tick(s.name()).await?.is_none() => {
+                self.started_at
+            }
+            _ => floor,
         };
         let on_time = s.between(window_start, now, MAX_TICKS_PER_PASS);
         if !on_time.is_empty() {

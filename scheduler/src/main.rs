@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Trigger { name } => match core.trigger(&name, chrono::Utc::now()).await? {
             Fired::Enqueued(id) => println!("enqueued {name}: job {id}"),
-            other => anyhow::bail!("{name} was not enqueued: {other:?}"),
+            other => anyhow::bail!("{name} was not enqueued: {other}"),
         },
     }
     Ok(())

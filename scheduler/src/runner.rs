@@ -111,7 +111,7 @@ pub async fn run(
             let name = name.clone();
             Box::pin(async move {
                 match c.on_tick(&name, Utc::now()).await {
-                    Ok(fired) => tracing::debug!(schedule = %name, ?fired, "cron tick"),
+                    Ok(fired) => tracing::debug!(schedule = %name, %fired, "cron tick"),
                     // The reconcile loop retries the tick; an error here only delays it.
                     Err(e) => tracing::warn!(schedule = %name, error = %e, "cron tick failed"),
                 }

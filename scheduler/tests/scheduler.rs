@@ -55,17 +55,22 @@ fn core(
     lease_name: &str,
     lease: Duration,
 ) -> Arc<Core> {
+    core_with(pool, broker, schedules, CoreOptions::new(lease_name, lease))
+}
+
+/// A core with given options (e.g. a controlled `started_at`).
+fn core_with(
+    pool: &PgPool,
+    broker: &MemoryBroker,
+    schedules: &[Schedule],
+    opts: CoreOptions,
+) -> Arc<Core> {
     let compiled = schedules
         .iter()
         .map(|s| CompiledSchedule::compile(s, None).unwrap())
         .collect();
     let producer: Arc<dyn Producer> = Arc::new(broker.clone());
-    Arc::new(Core::new(
-        compiled,
-        pool.clone(),
-        producer,
-        CoreOptions::new(lease_name, lease),
-    ))
+    Arc::new(Core::new(compiled, pool.clone(), producer, opts))
 }
 
 /// Everything on the queue, by dedup key (count per key).
@@ -307,7 +312,9 @@ async fn missed_ticks(catch_up: CatchUp) -> BTreeMap<String, usize> {
     first.release().await.unwrap();
 
     // Down through 11:00, 12:00 and 13:00; back at 13:30.
-    let second = core(&pool, &broker, &s, &lease_name, lease);
+    let mut opts = CoreOptions::new(&lease_name, lease);
+    opts.started_at = at("2031-05-01T13:30:00Z");
+    let second = core_with(&pool, &broker, &s, opts);
     assert!(second.lease_step().await.unwrap());
     second.reconcile(at("2031-05-01T13:30:00Z")).await.unwrap();
     second.reconcile(at("2031-05-01T13:30:05Z")).await.unwrap();
@@ -372,6 +379,104 @@ async fn new_schedule_does_not_fire_a_late_tick() {
     assert!(c.lease_step().await.unwrap());
     c.reconcile(at("2031-05-01T13:30:00Z")).await.unwrap();
     assert!(drain(&broker).await.0.is_empty());
+}
+
+/// A real first leader on a fresh schedule: nothing back-dated to before the process started,
+/// even though the on-time window (2 × lease = 6 s) reaches back further.
+#[tokio::test]
+async fn brand_new_schedule_first_leader_starts_at_its_next_tick() {
+    let pool = pool().await;
+    let broker = MemoryBroker::new();
+    let name = uniq("fresh");
+    let s = [schedule(&name, "* * * * * *", CatchUp::Latest)];
+    let started = Utc::now();
+    let c = core(&pool, &broker, &s, &uniq("lease"), Duration::from_secs(3));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(scheduler::runner::run(c, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    stop_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+
+    let (keys, _) = drain(&broker).await;
+    assert!(keys.values().all(|&n| n == 1), "{keys:?}");
+    assert_contiguous_seconds(&name, &keys);
+    let ticks: Vec<DateTime<Utc>> = keys
+        .keys()
+        .map(|k| at(k.strip_prefix(&format!("{name}@")).unwrap()))
+        .collect();
+    assert!(ticks.len() >= 2, "{ticks:?}");
+    assert!(
+        ticks[0] >= started,
+        "enqueued ticks from before the process started at {started}: {ticks:?}"
+    );
+    // Its next tick, not a later one: the first whole second after the start.
+    assert!(
+        ticks[0] - started <= chrono::Duration::milliseconds(1100),
+        "started at {started}, first tick {}",
+        ticks[0]
+    );
+}
+
+/// A restart within the on-time window: the schedule that ran before gets the tick that fell
+/// while no process ran; a schedule new in this process starts at its next tick.
+#[tokio::test]
+async fn restart_enqueues_gap_ticks_only_for_a_schedule_that_ran_before() {
+    let pool = pool().await;
+    let broker = MemoryBroker::new();
+    let old = uniq("old");
+    let new = uniq("new");
+    let lease_name = uniq("lease");
+    let lease = Duration::from_secs(60);
+
+    let mut opts = CoreOptions::new(&lease_name, lease);
+    opts.started_at = at("2031-06-01T09:59:30Z");
+    let first = core_with(
+        &pool,
+        &broker,
+        &[schedule(&old, "0 * * * * *", CatchUp::Skip)],
+        opts,
+    );
+    assert!(first.lease_step().await.unwrap());
+    first.reconcile(at("2031-06-01T09:59:30Z")).await.unwrap();
+    for now in ["2031-06-01T10:00:00.2Z", "2031-06-01T10:01:00.2Z"] {
+        first.on_tick(&old, at(now)).await.unwrap();
+    }
+    first.release().await.unwrap();
+
+    // Restarted at 10:02:40 with a schedule added: 10:02 fell while no process ran.
+    let s = [
+        schedule(&old, "0 * * * * *", CatchUp::Skip),
+        schedule(&new, "0 * * * * *", CatchUp::Latest),
+    ];
+    let mut opts = CoreOptions::new(&lease_name, lease);
+    opts.started_at = at("2031-06-01T10:02:40Z");
+    let second = core_with(&pool, &broker, &s, opts);
+    assert!(second.lease_step().await.unwrap());
+    second.reconcile(at("2031-06-01T10:02:40Z")).await.unwrap();
+    for name in [&old, &new] {
+        second
+            .on_tick(name, at("2031-06-01T10:03:00.2Z"))
+            .await
+            .unwrap();
+    }
+    second.reconcile(at("2031-06-01T10:03:05Z")).await.unwrap();
+    second.release().await.unwrap();
+
+    let (keys, _) = drain(&broker).await;
+    assert!(keys.values().all(|&n| n == 1), "{keys:?}");
+    let expected: BTreeSet<String> = [
+        (&old, "2031-06-01T10:00:00Z"),
+        (&old, "2031-06-01T10:01:00Z"),
+        (&old, "2031-06-01T10:02:00Z"),
+        (&old, "2031-06-01T10:03:00Z"),
+        (&new, "2031-06-01T10:03:00Z"),
+    ]
+    .into_iter()
+    .map(|(n, t)| tick_key(n, at(t)))
+    .collect();
+    assert_eq!(keys.into_keys().collect::<BTreeSet<_>>(), expected);
 }
 
 #[tokio::test]

@@ -188,7 +188,7 @@ pub enum PublishError {
     #[error("PutMetricData to namespace {namespace} failed: {message}")]
     Put { namespace: String, message: String },
     /// The call did not finish within its bound.
-    #[error("PutMetricData to namespace {namespace} timed out after {after:?}")]
+    #[error("PutMetricData to namespace {namespace} timed out after {}", humantime::format_duration(*.after))]
     Timeout { namespace: String, after: Duration },
     /// The configuration can't be published with.
     #[error("invalid cloudwatch config: {0}")]

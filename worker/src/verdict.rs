@@ -120,7 +120,10 @@ pub fn verdict(
         Outcome::Shutdown => return Verdict::HandBack,
         Outcome::Failed(JobError::RetryAfter { after, message }) => (message.clone(), Some(*after)),
         Outcome::Failed(JobError::Retry(m)) => (m.clone(), None),
-        Outcome::TimedOut(t) => (format!("timed out after {t:?}"), None),
+        Outcome::TimedOut(t) => (
+            format!("timed out after {}", humantime::format_duration(*t)),
+            None,
+        ),
         Outcome::Panicked(m) => (format!("panicked: {m}"), None),
     };
     if attempt >= max {

@@ -141,7 +141,8 @@ async fn poison_messages_are_dead_lettered_with_reasons_while_others_flow() {
             .send_raw(&q, r#"{"v":2,"id":"x","kind":"count","queue":"q"}"#)
             .await
         {
-            expect.push("unsupported envelope version");
+            // Exactly: the value as the producer wrote it, not `Some(Number(2))`.
+            expect.push("unsupported envelope version 2 (this worker reads v1)");
         }
         let unknown = Envelope::new("no_such_kind", &q, json!({}));
         let invalid = Envelope::new("sleep", &q, json!({"ms": "soon"}));
@@ -241,16 +242,24 @@ async fn panics_timeouts_retry_after_and_permanent_errors() {
 
         let panic = Envelope::new("panic", &q, json!({}));
         let hang = Envelope::new("hang_once", &q, json!({}));
+        // One attempt only: its time-out is the DLQ reason.
+        let hung = Envelope::new("hang_once", &q, json!({})).with_max_attempts(1);
         let limited = Envelope::new("rate_limited", &q, json!({}));
         let permanent = Envelope::new("rate_limited", &q, json!({"permanent": true}));
-        for e in [&panic, &hang, &limited, &permanent] {
+        for e in [&panic, &hang, &limited, &permanent, &hung] {
             tb.broker.send(e).await.unwrap();
         }
         wait_until(Duration::from_secs(20), "all settled", || async {
             let s = &w.view.snapshot()[0];
-            s.succeeded == 2 && s.dead_lettered == 2
+            s.succeeded == 2 && s.dead_lettered == 3
         })
         .await;
+        let timed_out = tb.broker.dlq_get(&q, &hung.id).await.unwrap().unwrap();
+        assert_eq!(
+            timed_out.reason, "attempts exhausted (1/1): timed out after 300ms",
+            "{}",
+            tb.name
+        );
         let p = tb.broker.dlq_get(&q, &panic.id).await.unwrap().unwrap();
         let errs = p.envelope.unwrap().errors;
         assert_eq!(errs.len(), 2);

@@ -129,9 +129,14 @@ pub async fn run(cfg: Config, settings: &JobSettings) -> Result<String, CliError
     .fetch_one(&db)
     .await
     .map_err(|e| db_error(&cfg, e))?;
+    let docs = doc_ids
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     writeln!(
         out,
-        "done:\n  embed_document            {chunks} chunks with embeddings for documents {doc_ids:?}\n  \
+        "done:\n  embed_document            {chunks} chunks with embeddings for documents {docs}\n  \
          rollup_analytics          {rollups} hourly rollup rows for {hour}\n  \
          ensure_partitions         jobfleet.analytics_events has {partitions} partitions (default + monthly)\n  \
          refresh_materialized_view jobfleet.analytics_daily_totals refreshed\n"
@@ -172,8 +177,9 @@ async fn wait_settled(
         }
         if tokio::time::Instant::now() > deadline {
             return Err(CliError::Failed(format!(
-                "demo jobs not settled after {DEADLINE:?} ({busy} still queued or running); \
-                 see the log above, and `worker queues`"
+                "demo jobs not settled after {} ({busy} still queued or running); \
+                 see the log above, and `worker queues`",
+                humantime::format_duration(DEADLINE)
             )));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
