@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
-use queues::memory::MemoryBroker;
+use queues::backends::memory::MemoryBroker;
 use queues::{Consumer, Envelope, Producer};
 use scheduler::{CompiledSchedule, Core, CoreOptions, Fired, Reason, tick_key};
 use serde_json::json;
