@@ -20,7 +20,7 @@
 //! delivery's ack/extend finds no `<id>:<old count>` member and fails with `LeaseLost`.
 //! Times come from Redis (`TIME`) so producers' and consumers' clocks never have to agree.
 //!
-//! The scripts are `lua/*.lua`, each called only through its function in [`scripts`].
+//! The scripts are `lua/*.lua`, each called only through its function in `scripts.rs`.
 
 mod delivery;
 mod dlq;
