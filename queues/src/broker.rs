@@ -7,6 +7,9 @@
 //! Semantics (the conformance suite in [`crate::conformance`] is the executable definition):
 //! at-least-once; a delivery that is neither acked, nacked, retried, dead-lettered nor extended
 //! becomes visible again once its visibility timeout passes, with a higher `receive_count`.
+//!
+//! Queue names are plain `&str` here: they are valid [`crate::QueueName`]s already, checked where
+//! they entered (config, CLI, [`Envelope::parse`]), so backends use them as they are.
 
 use std::time::Duration;
 
@@ -17,6 +20,9 @@ use serde::Serialize;
 
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::Result;
+
+/// What one receive hands out, in the order the broker gave them.
+pub type Deliveries = Vec<Box<dyn Delivery>>;
 
 /// Visibility timeout of a queue nobody declared.
 pub const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
@@ -183,12 +189,7 @@ pub trait Producer: Send + Sync {
 pub trait Consumer: Send + Sync {
     /// Up to `max` deliveries from `queue`. Waits up to `wait` for the first one (long poll,
     /// never a busy loop) and returns as soon as at least one is there; empty after `wait`.
-    async fn receive(
-        &self,
-        queue: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Box<dyn Delivery>>>;
+    async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Deliveries>;
 }
 
 /// Looks at queues.

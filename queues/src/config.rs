@@ -1,11 +1,8 @@
-//! Which broker to connect to, as it appears in the `[broker]` table of the config file, and
-//! the one function that turns it into a running backend.
-
-use std::sync::Arc;
+//! Which broker to connect to, as it appears in the `[broker]` table of the config file: plain
+//! data and its validation. Turning it into a running backend is [`crate::connect`]'s job.
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::Broker;
 use crate::error::{QueueError, Result};
 
 /// The backends this build knows. A backend left out at compile time is still named here so a
@@ -114,43 +111,6 @@ impl BrokerConfig {
     }
 }
 
-/// Queue names are used in broker-side names (SQS queue names, Redis keys, table rows), so keep
-/// them to a safe alphabet: letters, digits, `_` and `-`, up to 64 characters.
-pub fn validate_queue_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return Err(QueueError::Config(format!(
-            "queue name `{name}` must be 1-64 characters of [A-Za-z0-9_-]"
-        )));
-    }
-    Ok(())
-}
-
-/// Connects to the configured broker.
-pub async fn connect(cfg: &BrokerConfig) -> Result<Arc<dyn Broker>> {
-    cfg.validate()?;
-    match cfg.backend {
-        #[cfg(feature = "memory")]
-        BackendKind::Memory => Ok(Arc::new(crate::memory::MemoryBroker::new())),
-        #[cfg(feature = "sqs")]
-        BackendKind::Sqs => Ok(Arc::new(crate::sqs::SqsBroker::connect(cfg).await?)),
-        #[cfg(feature = "rabbitmq")]
-        BackendKind::Rabbitmq => Ok(Arc::new(crate::rabbitmq::RabbitBroker::connect(cfg).await?)),
-        #[cfg(feature = "redis")]
-        BackendKind::Redis => Ok(Arc::new(crate::redis::RedisBroker::connect(cfg).await?)),
-        #[cfg(feature = "postgres")]
-        BackendKind::Postgres => Ok(Arc::new(crate::postgres::PgBroker::connect(cfg).await?)),
-        #[allow(unreachable_patterns)]
-        other => Err(QueueError::Config(format!(
-            "backend `{other}` is not compiled into this build (enable the `{other}` feature)"
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,8 +136,8 @@ mod tests {
         let mut cfg = BrokerConfig::new(BackendKind::Memory, "memory://");
         cfg.namespace = "bad name".into();
         assert!(cfg.validate().is_err());
-        assert!(validate_queue_name("embeddings").is_ok());
-        assert!(validate_queue_name("a b").is_err());
-        assert!(validate_queue_name("").is_err());
+        assert!(crate::QueueName::new("embeddings").is_ok());
+        assert!(crate::QueueName::new("a b").is_err());
+        assert!(crate::QueueName::new("").is_err());
     }
 }

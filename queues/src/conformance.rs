@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Delivery, Depth, DlqEntry, QueueSpec};
+use crate::broker::{Broker, Deliveries, Depth, DlqEntry, QueueSpec};
 use crate::dlq::{self, DlqFilter, NoObserver, ScanObserver, ScanOptions};
 use crate::envelope::Envelope;
 use crate::error::QueueError;
@@ -111,7 +111,7 @@ async fn receive_n(
     q: &str,
     n: usize,
     within: Duration,
-) -> anyhow::Result<Vec<Box<dyn Delivery>>> {
+) -> anyhow::Result<Deliveries> {
     let deadline = Instant::now() + within;
     let mut got = Vec::new();
     while got.len() < n {

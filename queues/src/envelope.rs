@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::queue_name::QueueName;
+
 /// The only wire version this crate reads and writes.
 pub const ENVELOPE_VERSION: u32 = 1;
 
@@ -142,6 +144,7 @@ impl Envelope {
             && [&env.id, &env.kind, &env.queue]
                 .iter()
                 .all(|s| !s.trim().is_empty())
+            && QueueName::is_valid(&env.queue)
         {
             return Ok(env);
         }
@@ -158,6 +161,15 @@ impl Envelope {
         }
         for field in ["id", "kind", "queue"] {
             match obj.get(field) {
+                // The queue is named in broker-side names: checked here, where it enters.
+                Some(Value::String(s)) if field == "queue" && !s.trim().is_empty() => {
+                    if let Err(e) = QueueName::new(s.as_str()) {
+                        return Err(EnvelopeError::Field {
+                            field: field.into(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
                 Some(Value::String(s)) if !s.trim().is_empty() => {}
                 Some(Value::String(_)) => {
                     return Err(EnvelopeError::Field {
@@ -326,6 +338,25 @@ mod tests {
         for (body, want) in cases {
             assert_eq!(Envelope::parse(body).unwrap_err().to_string(), *want);
         }
+    }
+
+    #[test]
+    fn queue_is_checked_where_it_enters() {
+        let body =
+            br#"{"v":1,"id":"a","kind":"k","queue":"a b","enqueued_at":"2026-11-22T10:00:00Z"}"#;
+        let err = Envelope::parse(body).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "envelope field `queue` is invalid: queue name `a b` must be 1-64 characters of [A-Za-z0-9_-]"
+        );
+        let long = format!(
+            r#"{{"v":1,"id":"a","kind":"k","queue":"{}","enqueued_at":"2026-11-22T10:00:00Z"}}"#,
+            "q".repeat(65)
+        );
+        assert!(matches!(
+            Envelope::parse(long.as_bytes()),
+            Err(EnvelopeError::Field { field, .. }) if field == "queue"
+        ));
     }
 
     /// docs/envelope.schema.json is what other languages code against: keep it in step.

@@ -1,6 +1,18 @@
 //! jobfleet's queue layer: the v1 [`Envelope`], the small async traits a backend implements
 //! ([`Producer`], [`Consumer`], [`Inspector`], [`DeadLetters`], together [`Broker`]), generic
-//! DLQ replay/purge ([`dlq`]), and one module per backend, each behind its own cargo feature.
+//! DLQ replay/purge ([`dlq`]), and one folder per backend under [`backends`], each behind its own
+//! cargo feature. [`connect`] turns a [`BrokerConfig`] into the configured backend.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`broker`] | the role traits and the types they pass ([`Message`], [`Depth`], [`DlqEntry`], …) |
+//! | [`envelope`] | the v1 wire format, parsed and checked once per body |
+//! | [`queue_name`] | [`QueueName`], checked where a name enters (config, CLI, envelope) |
+//! | [`config`] | [`BrokerConfig`] and [`BackendKind`]: plain data and its validation |
+//! | `connect` | the factory from config to backend |
+//! | [`dlq`] | replay and purge over any backend's [`DlqScan`] |
+//! | [`error`] | [`QueueError`], naming the backend and (redacted) URL |
+//! | [`backends`] | `memory`, `postgres`, `redis`, `rabbitmq`, `sqs`: one folder each, the same shape |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), queues::QueueError> {
@@ -10,30 +22,24 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backends;
 pub mod broker;
 pub mod config;
+mod connect;
 pub mod dlq;
 pub mod envelope;
 pub mod error;
-
-#[cfg(feature = "memory")]
-pub mod memory;
-#[cfg(feature = "postgres")]
-pub mod postgres;
-#[cfg(feature = "rabbitmq")]
-pub mod rabbitmq;
-#[cfg(feature = "redis")]
-pub mod redis;
-#[cfg(feature = "sqs")]
-pub mod sqs;
+pub mod queue_name;
 
 #[cfg(feature = "test-utils")]
 pub mod conformance;
 
 pub use broker::{
-    Broker, Consumer, DeadLetters, Delivery, Depth, DlqEntry, DlqPage, DlqScan, Inspector, Message,
-    Producer, QueueSpec,
+    Broker, Consumer, DeadLetters, Deliveries, Delivery, Depth, DlqEntry, DlqPage, DlqScan,
+    Inspector, Message, Producer, QueueSpec,
 };
-pub use config::{BackendKind, BrokerConfig, connect, validate_queue_name};
+pub use config::{BackendKind, BrokerConfig};
+pub use connect::connect;
 pub use envelope::{Envelope, EnvelopeError, ErrorRecord};
 pub use error::{QueueError, Result};
+pub use queue_name::{InvalidQueueName, QueueName};

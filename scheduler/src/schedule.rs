@@ -70,7 +70,7 @@ impl CompiledSchedule {
                     spec.kind
                 ))
             })?;
-        queues::validate_queue_name(&queue).map_err(|e| bad(e.to_string()))?;
+        queues::QueueName::new(queue.as_str()).map_err(|e| bad(e.to_string()))?;
         let compiled = CompiledSchedule {
             spec: spec.clone(),
             expression,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use queues::memory::MemoryBroker;
+use queues::backends::memory::MemoryBroker;
 use queues::{Consumer, Envelope, Producer};
 use runtime::config::{CatchUp, Schedule};
 use scheduler::{CompiledSchedule, Core, CoreOptions, Fired, Reason, tick_key};

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{Count, Flaky, Runs, config, fast_policy, wait_until};
 use jobs::Registry;
+use queues::backends::memory::MemoryBroker;
 use queues::conformance::unique_queue;
-use queues::memory::MemoryBroker;
 use queues::{Envelope, Producer};
 use runtime::config::Priority;
 use serde_json::json;

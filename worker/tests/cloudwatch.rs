@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use queues::memory::MemoryBroker;
+use queues::backends::memory::MemoryBroker;
 use queues::{Consumer, Envelope, Inspector, Producer};
 use runtime::config::CloudWatchConfig;
 use worker::cloudwatch::{self, Publisher};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{Runs, Sleep, config};
 use jobs::{Registry, RetryPolicy};
+use queues::backends::memory::MemoryBroker;
 use queues::conformance::unique_queue;
-use queues::memory::MemoryBroker;
 use queues::{Envelope, Inspector, Producer};
 use runtime::config::Priority;
 use serde_json::json;

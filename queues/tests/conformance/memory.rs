@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use queues::Broker;
+use queues::backends::memory::MemoryBroker;
 use queues::conformance::Harness;
-use queues::memory::MemoryBroker;
 
 struct Memory(MemoryBroker);
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use queues::backends::postgres::PgBroker;
 use queues::conformance::Harness;
-use queues::postgres::PgBroker;
 use queues::{BackendKind, Broker, BrokerConfig, QueueError};
 
 use crate::support::{env_or, run};
@@ -71,8 +71,8 @@ mod specific {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use queues::backends::postgres::{PgBroker, send_in};
     use queues::conformance::unique_queue;
-    use queues::postgres::{PgBroker, send_in};
     use queues::{
         BackendKind, Broker, BrokerConfig, Consumer, Envelope, Inspector, Producer, QueueError,
         QueueSpec,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use queues::backends::rabbitmq::RabbitBroker;
 use queues::conformance::Harness;
-use queues::rabbitmq::RabbitBroker;
 use queues::{BackendKind, Broker, BrokerConfig, QueueError};
 
 use crate::support;
@@ -85,8 +85,8 @@ mod extra {
     use std::time::Duration;
 
     use anyhow::{Context, ensure};
+    use queues::backends::rabbitmq::RabbitBroker;
     use queues::conformance::unique_queue;
-    use queues::rabbitmq::RabbitBroker;
     use queues::{Broker, Envelope, QueueError, QueueSpec};
     use serde_json::json;
     use tokio::time::Instant;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use queues::backends::redis::RedisBroker;
 use queues::conformance::Harness;
-use queues::redis::RedisBroker;
 use queues::{BackendKind, Broker, BrokerConfig, QueueError};
 
 use crate::support::{env_or, run};

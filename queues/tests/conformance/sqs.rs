@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use async_trait::async_trait;
+use queues::backends::sqs::SqsBroker;
 use queues::conformance::{Harness, unique_queue};
-use queues::sqs::SqsBroker;
 use queues::{
     BackendKind, Broker, BrokerConfig, Consumer, Envelope, Producer, QueueError, QueueSpec,
 };

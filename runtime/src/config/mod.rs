@@ -396,7 +396,7 @@ impl Config {
         let mut mins = 0;
         for (name, q) in &self.queues {
             let key = |k: &str| format!("queues.{name}.{k}");
-            queues::validate_queue_name(name)
+            queues::QueueName::new(name.as_str())
                 .map_err(|e| invalid(format!("queues.{name}"), e.to_string()))?;
             if q.max == 0 {
                 return Err(invalid(key("max"), "must be at least 1"));

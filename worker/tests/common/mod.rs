@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jobs::{Handler, JobContext, JobError, Outcome, RetryPolicy};
-use queues::memory::MemoryBroker;
+use queues::backends::memory::MemoryBroker;
 use queues::{BackendKind, Broker, BrokerConfig};
 use runtime::config::{Priority, QueueConfig};
 use serde_json::Value;

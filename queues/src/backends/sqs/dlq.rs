@@ -17,9 +17,26 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use chrono::{DateTime, Utc};
 
 use super::api::{BACKEND, Subject, secs_ceil};
-use super::{ATTR_AT, ATTR_REASON, BATCH, Inner, MAX_VISIBILITY_SECS};
-use crate::broker::{DlqEntry, DlqPage, DlqScan};
+use super::{ATTR_AT, ATTR_REASON, BATCH, Inner, MAX_VISIBILITY_SECS, SqsBroker};
+use crate::broker::{DeadLetters, DlqEntry, DlqPage, DlqScan};
 use crate::error::{QueueError, Result};
+
+#[async_trait]
+impl DeadLetters for SqsBroker {
+    async fn dlq_list(&self, queue: &str, limit: usize, cursor: Option<&str>) -> Result<DlqPage> {
+        list(&self.inner, queue, limit, cursor).await
+    }
+
+    async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<DlqEntry>> {
+        get(&self.inner, queue, id).await
+    }
+
+    async fn dlq_scan(&self, queue: &str, hold: Duration) -> Result<Box<dyn DlqScan>> {
+        Ok(Box::new(
+            Scan::start(self.inner.clone(), queue, hold).await?,
+        ))
+    }
+}
 
 /// How long a listing or a lookup hides what it reads if it dies before giving it back.
 const BROWSE_HOLD: Duration = Duration::from_secs(30);

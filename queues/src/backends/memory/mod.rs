@@ -3,6 +3,9 @@
 //! holds everything in memory: nothing survives the process. Timers use tokio's clock, so tests
 //! of the worker's control loop can run it under paused time.
 
+mod delivery;
+mod dlq;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -13,12 +16,14 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::backends::util;
 use crate::broker::{
-    Broker, Consumer, DEFAULT_VISIBILITY, DeadLetters, Delivery, Depth, DlqEntry, DlqPage, DlqScan,
-    Inspector, Message, Producer, QueueSpec,
+    Broker, Consumer, DEFAULT_VISIBILITY, Deliveries, Depth, Inspector, Message, Producer,
+    QueueSpec,
 };
 use crate::envelope::Envelope;
 use crate::error::{QueueError, Result};
+use delivery::MemoryDelivery;
 
 const BACKEND: &str = "memory";
 
@@ -141,9 +146,7 @@ impl MemoryBroker {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock can only come from a bug in this module; the data is
-        // still consistent (every mutation is a single move), so keep going.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        util::lock(&self.state)
     }
 
     /// Puts a raw body on `queue` as a foreign client would (tests of malformed input).
@@ -173,7 +176,6 @@ impl MemoryBroker {
 #[async_trait]
 impl Producer for MemoryBroker {
     async fn send(&self, envelope: &Envelope) -> Result<()> {
-        crate::validate_queue_name(&envelope.queue)?;
         let mut st = self.lock();
         let m = st.store(Bytes::from(envelope.to_bytes()));
         st.queue(&envelope.queue)
@@ -184,12 +186,7 @@ impl Producer for MemoryBroker {
 
 #[async_trait]
 impl Consumer for MemoryBroker {
-    async fn receive(
-        &self,
-        queue: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Box<dyn Delivery>>> {
+    async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Deliveries> {
         let deadline = Instant::now() + wait;
         loop {
             let notify;
@@ -199,7 +196,7 @@ impl Consumer for MemoryBroker {
                 let now = Instant::now();
                 let q = st.queue(queue);
                 q.promote(now);
-                let mut out: Vec<Box<dyn Delivery>> = Vec::new();
+                let mut out: Deliveries = Vec::new();
                 while out.len() < max {
                     let Some(mut m) = q.ready.pop_front() else {
                         break;
@@ -253,43 +250,6 @@ impl Inspector for MemoryBroker {
     }
 }
 
-fn dlq_entry(queue: &str, seq: u64, d: &Dead) -> DlqEntry {
-    DlqEntry::new(
-        queue,
-        &d.body,
-        d.reason.clone(),
-        Some(d.at),
-        seq.to_string(),
-        &d.broker_id,
-    )
-}
-
-#[async_trait]
-impl DeadLetters for MemoryBroker {
-    async fn dlq_list(&self, queue: &str, limit: usize, cursor: Option<&str>) -> Result<DlqPage> {
-        let after = DlqPage::numeric_cursor::<u64>(cursor)?;
-        let mut st = self.lock();
-        let q = st.queue(queue);
-        let entries: Vec<DlqEntry> = q
-            .dead
-            .range(after + 1..)
-            .take(limit.saturating_add(1))
-            .map(|(seq, d)| dlq_entry(queue, *seq, d))
-            .collect();
-        Ok(DlqPage::from_overfetch(entries, limit))
-    }
-
-    async fn dlq_scan(&self, queue: &str, _hold: Duration) -> Result<Box<dyn DlqScan>> {
-        let end = self.lock().next_seq;
-        Ok(Box::new(MemoryScan {
-            broker: self.clone(),
-            queue: queue.to_owned(),
-            after: 0,
-            end,
-        }))
-    }
-}
-
 #[async_trait]
 impl Broker for MemoryBroker {
     fn backend(&self) -> &'static str {
@@ -305,117 +265,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn declare(&self, spec: &QueueSpec) -> Result<()> {
-        crate::validate_queue_name(&spec.name)?;
         self.lock().queue(&spec.name).visibility = spec.visibility_timeout;
-        Ok(())
-    }
-}
-
-struct MemoryDelivery {
-    broker: MemoryBroker,
-    queue: String,
-    lease: u64,
-    msg: Message,
-}
-
-#[async_trait]
-impl Delivery for MemoryDelivery {
-    fn message(&self) -> &Message {
-        &self.msg
-    }
-
-    async fn ack(&self) -> Result<()> {
-        self.broker.lease_op(&self.queue, self.lease, |_, _| ())
-    }
-
-    async fn nack(&self, retry_after: Duration) -> Result<()> {
-        let queue = self.queue.clone();
-        self.broker.lease_op(&self.queue, self.lease, |st, m| {
-            st.queue(&queue).put(m, retry_after, Instant::now());
-        })
-    }
-
-    async fn retry(&self, updated: &Envelope, retry_after: Duration) -> Result<()> {
-        let queue = self.queue.clone();
-        let body = Bytes::from(updated.to_bytes());
-        self.broker.lease_op(&self.queue, self.lease, |st, _old| {
-            let m = st.store(body);
-            st.queue(&queue).put(m, retry_after, Instant::now());
-        })
-    }
-
-    async fn extend(&self, visibility: Duration) -> Result<()> {
-        let mut st = self.broker.lock();
-        let q = st.queue(&self.queue);
-        let now = Instant::now();
-        q.promote(now);
-        match q.in_flight.get_mut(&self.lease) {
-            Some((deadline, _)) => {
-                *deadline = now + visibility;
-                Ok(())
-            }
-            None => Err(QueueError::LeaseLost {
-                backend: BACKEND,
-                id: self.msg.id().to_owned(),
-            }),
-        }
-    }
-
-    async fn dead_letter(&self, updated: Option<&Envelope>, reason: &str) -> Result<()> {
-        let queue = self.queue.clone();
-        let body = updated.map(|e| Bytes::from(e.to_bytes()));
-        let reason = reason.to_owned();
-        self.broker.lease_op(&self.queue, self.lease, |st, m| {
-            let seq = st.seq();
-            st.queue(&queue).dead.insert(
-                seq,
-                Dead {
-                    body: body.unwrap_or(m.body),
-                    reason,
-                    at: Utc::now(),
-                    broker_id: m.seq.to_string(),
-                },
-            );
-        })
-    }
-}
-
-struct MemoryScan {
-    broker: MemoryBroker,
-    queue: String,
-    after: u64,
-    /// Entries dead-lettered after the scan started are left for the next pass, so a replayed
-    /// job that fails again at once can't keep a replay going forever.
-    end: u64,
-}
-
-#[async_trait]
-impl DlqScan for MemoryScan {
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<DlqEntry>> {
-        if self.after >= self.end {
-            return Ok(Vec::new());
-        }
-        let mut st = self.broker.lock();
-        let q = st.queue(&self.queue);
-        let batch: Vec<DlqEntry> = q
-            .dead
-            .range(self.after + 1..=self.end)
-            .take(max)
-            .map(|(seq, d)| dlq_entry(&self.queue, *seq, d))
-            .collect();
-        if let Some(last) = batch.last() {
-            self.after = last.handle.parse().unwrap_or(self.end);
-        }
-        Ok(batch)
-    }
-
-    async fn remove(&mut self, entry: &DlqEntry) -> Result<()> {
-        let seq: u64 = DlqPage::numeric_cursor::<u64>(Some(&entry.handle))?;
-        self.broker.lock().queue(&self.queue).dead.remove(&seq);
-        Ok(())
-    }
-
-    async fn finish(self: Box<Self>) -> Result<()> {
         Ok(())
     }
 }

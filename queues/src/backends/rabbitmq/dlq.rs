@@ -20,9 +20,24 @@ use lapin::types::ChannelId;
 use tokio::time::Instant;
 
 use super::topology::{self, H_BROKER_ID, H_DEAD_AT, H_REASON};
-use super::{Inner, is_soft};
-use crate::broker::{DlqEntry, DlqPage, DlqScan};
+use super::{Inner, RabbitBroker, is_soft};
+use crate::broker::{DeadLetters, DlqEntry, DlqPage, DlqScan};
 use crate::error::{QueueError, Result};
+
+#[async_trait]
+impl DeadLetters for RabbitBroker {
+    async fn dlq_list(&self, queue: &str, limit: usize, cursor: Option<&str>) -> Result<DlqPage> {
+        list(&self.inner, queue, limit, cursor).await
+    }
+
+    async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<DlqEntry>> {
+        get(&self.inner, queue, id).await
+    }
+
+    async fn dlq_scan(&self, queue: &str, hold: Duration) -> Result<Box<dyn DlqScan>> {
+        scan(&self.inner, queue, hold).await
+    }
+}
 
 fn entry(queue: &str, d: &AmqpDelivery) -> DlqEntry {
     let h = d.properties.headers().as_ref();

@@ -5,11 +5,12 @@
 
 mod acker;
 mod api;
+mod delivery;
 mod dlq;
 mod leases;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,11 +23,13 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use self::api::{Api, BACKEND, Subject, is_missing_queue, is_queue_exists, secs_ceil};
+use self::delivery::SqsDelivery;
+use crate::backends::util::lock;
 use crate::broker::{
-    Broker, Consumer, DEFAULT_VISIBILITY, DeadLetters, Delivery, Depth, DlqPage, DlqScan,
-    Inspector, Message, Producer, QueueSpec,
+    Broker, Consumer, DEFAULT_VISIBILITY, Deliveries, Depth, Inspector, Message, Producer,
+    QueueSpec,
 };
-use crate::config::{BrokerConfig, validate_queue_name};
+use crate::config::BrokerConfig;
 use crate::envelope::Envelope;
 use crate::error::{Msg, QueueError, Result};
 
@@ -79,11 +82,6 @@ pub(crate) struct Urls {
     visibility: Duration,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a single map operation, so a poisoned map is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl SqsBroker {
     /// Builds the client. Nothing is sent yet, so an unreachable endpoint shows on the first
     /// operation (or [`Broker::ping`]) as [`QueueError::Unavailable`] naming the endpoint.
@@ -132,7 +130,6 @@ impl Inner {
         if let Some(u) = lock(&self.urls).get(queue) {
             return Ok(u.clone());
         }
-        validate_queue_name(queue)?;
         let Some(main) = self
             .lookup(&format!("{}-{queue}", self.namespace), queue)
             .await?
@@ -190,7 +187,6 @@ impl Inner {
 
     /// Creates the queue and its DLQ (idempotent) and sets the visibility and redrive policy.
     async fn declare(&self, spec: &QueueSpec) -> Result<Arc<Urls>> {
-        validate_queue_name(&spec.name)?;
         let q = spec.name.as_str();
         let dlq_name = format!("{}-{q}-dlq", self.namespace);
         let dlq = self
@@ -575,12 +571,7 @@ impl Producer for SqsBroker {
 
 #[async_trait]
 impl Consumer for SqsBroker {
-    async fn receive(
-        &self,
-        queue: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Box<dyn Delivery>>> {
+    async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Deliveries> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -607,7 +598,7 @@ impl Consumer for SqsBroker {
                             .err("ReceiveMessage", Subject::Queue(queue), e),
                     )
                 })?;
-            let mut got: Vec<Box<dyn Delivery>> = Vec::new();
+            let mut got: Deliveries = Vec::new();
             let mut hide: Vec<(String, i32)> = Vec::new();
             for m in out.messages() {
                 let (Some(handle), Some(id)) = (m.receipt_handle(), m.message_id()) else {
@@ -745,23 +736,6 @@ impl Inspector for SqsBroker {
 }
 
 #[async_trait]
-impl DeadLetters for SqsBroker {
-    async fn dlq_list(&self, queue: &str, limit: usize, cursor: Option<&str>) -> Result<DlqPage> {
-        dlq::list(&self.inner, queue, limit, cursor).await
-    }
-
-    async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<crate::broker::DlqEntry>> {
-        dlq::get(&self.inner, queue, id).await
-    }
-
-    async fn dlq_scan(&self, queue: &str, hold: Duration) -> Result<Box<dyn DlqScan>> {
-        Ok(Box::new(
-            dlq::Scan::start(self.inner.clone(), queue, hold).await?,
-        ))
-    }
-}
-
-#[async_trait]
 impl Broker for SqsBroker {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -789,117 +763,5 @@ impl Broker for SqsBroker {
 
     async fn declare(&self, spec: &QueueSpec) -> Result<()> {
         self.inner.declare(spec).await.map(|_| ())
-    }
-}
-
-struct SqsDelivery {
-    inner: Arc<Inner>,
-    queue: String,
-    urls: Arc<Urls>,
-    message_id: String,
-    token: u64,
-    /// The newest receipt handle (see `leases`).
-    handle: leases::Handle,
-    msg: Message,
-}
-
-impl SqsDelivery {
-    fn id(&self) -> &str {
-        self.msg.id()
-    }
-
-    fn receipt(&self) -> String {
-        lock(&self.handle).clone()
-    }
-
-    /// Deletes the received copy and records the message as settled here.
-    async fn settle(&self) -> Result<()> {
-        let res = self
-            .inner
-            .delete(&self.urls.main, &self.receipt(), self.id())
-            .await;
-        if res.is_ok() {
-            self.inner.leases.settled(&self.message_id, self.token);
-        }
-        res
-    }
-}
-
-impl Drop for SqsDelivery {
-    fn drop(&mut self) {
-        // Settled or not, this process no longer works on it: a later copy is a new delivery.
-        self.inner.leases.release(&self.message_id, self.token);
-    }
-}
-
-#[async_trait]
-impl Delivery for SqsDelivery {
-    fn message(&self) -> &Message {
-        &self.msg
-    }
-
-    async fn ack(&self) -> Result<()> {
-        self.settle().await
-    }
-
-    async fn nack(&self, retry_after: Duration) -> Result<()> {
-        let secs = secs_ceil(retry_after, MAX_VISIBILITY_SECS);
-        self.inner
-            .set_visibility(&self.urls.main, &self.receipt(), self.id(), secs)
-            .await?;
-        self.inner.leases.release(&self.message_id, self.token);
-        Ok(())
-    }
-
-    async fn retry(&self, updated: &Envelope, retry_after: Duration) -> Result<()> {
-        let mut env = updated.clone();
-        if retry_after > Duration::from_secs(MAX_DELAY_SECS) {
-            // Past what DelaySeconds can express: receive keeps it hidden until run_at.
-            let at = Utc::now()
-                + chrono::Duration::from_std(retry_after).unwrap_or(chrono::Duration::MAX);
-            env.run_at = Some(env.run_at.map_or(at, |r| r.max(at)));
-        }
-        let body = String::from_utf8_lossy(&env.to_bytes()).into_owned();
-        let delay = secs_ceil(retry_after, MAX_DELAY_SECS);
-        self.inner
-            .send_body(&self.queue, &self.urls.main, body, delay, None)
-            .await?;
-        self.settle().await
-    }
-
-    async fn extend(&self, visibility: Duration) -> Result<()> {
-        let secs = secs_ceil(visibility, MAX_VISIBILITY_SECS);
-        let asked = tokio::time::Instant::now();
-        self.inner
-            .set_visibility(&self.urls.main, &self.receipt(), self.id(), secs)
-            .await?;
-        let until = asked + Duration::from_secs(secs as u64);
-        self.inner
-            .leases
-            .extended(&self.message_id, self.token, until);
-        Ok(())
-    }
-
-    async fn dead_letter(&self, updated: Option<&Envelope>, reason: &str) -> Result<()> {
-        let dlq = self.inner.dlq_url(&self.queue, &self.urls).await?;
-        let body = match updated {
-            Some(env) => String::from_utf8_lossy(&env.to_bytes()).into_owned(),
-            None => String::from_utf8_lossy(self.msg.body()).into_owned(),
-        };
-        // Attribute values must be non-empty and count toward the message size limit.
-        let reason = if reason.trim().is_empty() {
-            "(no reason given)".to_owned()
-        } else {
-            reason.chars().take(4096).collect()
-        };
-        let attrs = HashMap::from([
-            (ATTR_REASON.to_owned(), string_attr(&reason)?),
-            (ATTR_AT.to_owned(), string_attr(&Utc::now().to_rfc3339())?),
-            (ATTR_SOURCE.to_owned(), string_attr(&self.queue)?),
-        ]);
-        self.inner
-            .send_body(&self.queue, &dlq, body, 0, Some(attrs))
-            .await?;
-        self.settle().await
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::lock;
+use crate::backends::util::lock;
 
 /// How long a settled MessageId is remembered, and how many at most.
 const RECENT_TTL: Duration = Duration::from_secs(15 * 60);

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use crate::backends::util;
+
 /// `app_id` of messages jobfleet writes; others are "foreign" (see `consume::not_before`).
 pub const APP_ID: &str = "jobfleet";
 
@@ -104,7 +106,7 @@ pub fn bucket_args(main: &str, exp: u32) -> FieldTable {
     t.insert("x-dead-letter-routing-key".into(), long_str(main));
     t.insert(
         "x-expires".into(),
-        AMQPValue::LongLongInt(bucket_expiry(exp).as_millis() as i64),
+        AMQPValue::LongLongInt(util::millis_i64(bucket_expiry(exp))),
     );
     t
 }

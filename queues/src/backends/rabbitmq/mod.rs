@@ -8,12 +8,13 @@
 //! with [`QueueError::Unavailable`].
 
 mod consume;
+mod delivery;
 mod dlq;
 mod topology;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,9 +25,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 use tokio::time::Instant;
 
+use crate::backends::util::{self, lock};
 use crate::broker::{
-    Broker, Consumer, DEFAULT_VISIBILITY, DeadLetters, Delivery, Depth, DlqEntry, DlqPage, DlqScan,
-    Inspector, Producer, QueueSpec,
+    Broker, Consumer, DEFAULT_VISIBILITY, Deliveries, Depth, Inspector, Producer, QueueSpec,
 };
 use crate::config::BrokerConfig;
 use crate::envelope::Envelope;
@@ -94,11 +95,6 @@ pub(crate) struct Outgoing {
     pub props: BasicProperties,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The maps hold plain data updated in single steps; a panic elsewhere leaves them usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 pub(crate) fn is_soft(e: &lapin::Error, which: AMQPSoftError) -> bool {
     matches!(e.kind(), ErrorKind::ProtocolError(p) if *p.kind() == AMQPErrorKind::Soft(which))
 }
@@ -160,11 +156,7 @@ impl Inner {
                 e.kind(),
                 ErrorKind::InvalidConnectionState(_) | ErrorKind::InvalidChannelState(..)
             );
-        if connection_gone {
-            self.unavailable(e)
-        } else {
-            QueueError::backend(BACKEND, op, e)
-        }
+        util::client_error(BACKEND, &self.amqp_url, op, connection_gone, e)
     }
 
     /// The live connection, opened again if it dropped.
@@ -234,10 +226,6 @@ impl Inner {
                 .map_err(|e| self.err("channel.open", e))?;
         }
         Ok(ch.clone())
-    }
-
-    fn check_name(queue: &str) -> Result<()> {
-        crate::validate_queue_name(queue)
     }
 
     pub(crate) fn visibility(&self, queue: &str) -> Duration {
@@ -494,7 +482,6 @@ async fn open_publish(conn: &Connection) -> lapin::Result<Channel> {
 
 impl RabbitBroker {
     fn outgoing(&self, e: &Envelope) -> Result<Outgoing> {
-        Inner::check_name(&e.queue)?;
         Ok(self
             .inner
             .delayed(&e.queue, e.to_bytes(), envelope_props(e), e.delay(), 0))
@@ -519,13 +506,7 @@ impl Producer for RabbitBroker {
 
 #[async_trait]
 impl Consumer for RabbitBroker {
-    async fn receive(
-        &self,
-        queue: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Box<dyn Delivery>>> {
-        Inner::check_name(queue)?;
+    async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Deliveries> {
         consume::receive(&self.inner, queue, max, wait).await
     }
 }
@@ -533,7 +514,6 @@ impl Consumer for RabbitBroker {
 #[async_trait]
 impl Inspector for RabbitBroker {
     async fn depth(&self, queue: &str) -> Result<Depth> {
-        Inner::check_name(queue)?;
         let inner = &self.inner;
         let mut ch = inner.channel().await?;
         let ready = inner.ready_count(&mut ch, &inner.names.main(queue)).await?;
@@ -557,24 +537,6 @@ impl Inspector for RabbitBroker {
 }
 
 #[async_trait]
-impl DeadLetters for RabbitBroker {
-    async fn dlq_list(&self, queue: &str, limit: usize, cursor: Option<&str>) -> Result<DlqPage> {
-        Inner::check_name(queue)?;
-        dlq::list(&self.inner, queue, limit, cursor).await
-    }
-
-    async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<DlqEntry>> {
-        Inner::check_name(queue)?;
-        dlq::get(&self.inner, queue, id).await
-    }
-
-    async fn dlq_scan(&self, queue: &str, hold: Duration) -> Result<Box<dyn DlqScan>> {
-        Inner::check_name(queue)?;
-        dlq::scan(&self.inner, queue, hold).await
-    }
-}
-
-#[async_trait]
 impl Broker for RabbitBroker {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -589,7 +551,6 @@ impl Broker for RabbitBroker {
     }
 
     async fn declare(&self, spec: &QueueSpec) -> Result<()> {
-        Inner::check_name(&spec.name)?;
         let c = self.inner.conn().await?;
         lock(&self.inner.declared).remove(&self.inner.names.main(&spec.name));
         self.inner.ensure_queue(&c, &spec.name).await?;
