@@ -83,12 +83,37 @@ pub fn build_registry(cfg: &Config) -> Result<Registry, CliError> {
     Ok(registry)
 }
 
+/// [vector search, issue 14] The start-up check of `jobs.vector.dimensions` against the chunk
+/// column and the provider: a mismatch stops the worker (naming both numbers); an unreachable
+/// database only warns, since the jobs retry until it is back.
+async fn check_vectors(cfg: &Config) -> Result<(), CliError> {
+    let pool = match db(cfg).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("vector storage not checked at start: {e}");
+            return Ok(());
+        }
+    };
+    match jobs::vector::check_configured(&pool, &cfg.jobs).await {
+        Ok(storage) => {
+            tracing::info!(?storage, "chunk embedding storage");
+            Ok(())
+        }
+        Err(e @ jobs::vector::VectorError::Mismatch(_)) => Err(CliError::Usage(e.to_string())),
+        Err(e) => {
+            tracing::warn!("vector storage not checked at start: {e}");
+            Ok(())
+        }
+    }
+}
+
 /// `worker run`: serves admin HTTP, publishes to CloudWatch when enabled, and runs the pools
 /// until `shutdown` is triggered. The CloudWatch publisher's final flush happens after the
 /// drain, so the jobs finished during the grace period are counted.
 pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<DrainReport, CliError> {
     let broker = connect(&cfg).await?;
     let registry = build_registry(&cfg)?;
+    check_vectors(&cfg).await?; // [vector search, issue 14]
     let admin_addr = cfg.worker.admin_addr;
     let cloudwatch = cfg.cloudwatch.clone();
     let queue_names: Vec<String> = cfg.queues.keys().cloned().collect();
@@ -731,6 +756,13 @@ pub async fn migrate(cfg: &Config) -> Result<Vec<MigrationStatus>, CliError> {
         .run(&pool)
         .await
         .map_err(|e| CliError::Failed(format!("migration failed: {e}")))?;
+    // [vector search, issue 14] real[] → vector(N) + HNSW index when pgvector is there.
+    let report = jobs::vector::migrate(&pool, &cfg.jobs, |n| {
+        tracing::info!(converted = n, "converting chunk embeddings to vector")
+    })
+    .await
+    .map_err(|e| CliError::Failed(format!("vector migration failed: {e}")))?;
+    tracing::info!("{}", report.summary);
     status_on(&pool).await
 }
 

@@ -137,6 +137,12 @@ pub async fn run(cfg: Config) -> Result<String, CliError> {
     )
     .expect("writing to a String");
 
+    // [vector search, issue 14] A search over what the jobs just embedded.
+    let query = "onboarding guide";
+    let hits = crate::cmd_search::search(&cfg, query, 3).await?;
+    let table = crate::cmd_search::render(&hits, false);
+    writeln!(out, "worker search \"{query}\" --limit 3:\n{table}\n").expect("writing to a String");
+
     let rows = cli::queues(&*broker, &cfg, &Default::default()).await?;
     writeln!(out, "queues:\n{}\n", cli::render_queues(&rows, false)).expect("writing to a String");
     let entry = cli::dlq_show(&*broker, &cfg, &failing.queue, &failing_id).await?;

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod budget;
 pub mod cli;
 pub mod cloudwatch;
+pub mod cmd_search; // [vector search, issue 14] lead: moves to cmd/search.rs
 pub mod config;
 pub mod control;
 pub mod demo;

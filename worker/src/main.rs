@@ -60,6 +60,8 @@ enum Cmd {
     /// A one-minute tour: migrate, enqueue one job of every kind plus one that fails, run them,
     /// print the results, the queue table and the DLQ entry.
     Demo,
+    /// The nearest embedded chunks to a query (semantic search).
+    Search(worker::cmd_search::SearchArgs), // [vector search, issue 14]
     /// Inspect, replay or purge a queue's dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -232,6 +234,7 @@ async fn dispatch(args: Cli) -> Result<(), CliError> {
             println!("enqueued {} ({}) on {}", env.id, env.kind, env.queue);
         }
         Cmd::Demo => println!("{}", worker::demo::run(cfg).await?),
+        Cmd::Search(a) => println!("{}", worker::cmd_search::run(&cfg, &a).await?), // [issue 14]
         Cmd::Dlq { cmd } => dlq(cfg, cmd).await?,
     }
     Ok(())
