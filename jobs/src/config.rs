@@ -342,8 +342,7 @@ impl JobsConfig {
         if !(2..=100).contains(&v.hnsw_m) {
             return Err(bad("vector.hnsw_m", "must be between 2 and 100"));
         }
-        if !(4..=1000).contains(&v.hnsw_ef_construction) || v.hnsw_ef_construction < 2 * v.hnsw_m
-        {
+        if !(4..=1000).contains(&v.hnsw_ef_construction) || v.hnsw_ef_construction < 2 * v.hnsw_m {
             return Err(bad(
                 "vector.hnsw_ef_construction",
                 format!(
@@ -468,6 +467,20 @@ mod tests {
         c.analytics.time_column = "a.b".into();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("jobs.analytics.time_column"), "{e}");
+
+        let c: JobsConfig = toml::from_str(
+            "[vector]\nstorage = \"pgvector\"\nhnsw_m = 32\nhnsw_ef_construction = 40",
+        )
+        .unwrap();
+        assert_eq!(c.vector.storage, VectorStorage::Pgvector);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("jobs.vector.hnsw_ef_construction") && e.contains("64"), "{e}");
+
+        let mut c = JobsConfig::default();
+        c.embed.provider = Provider::Minilm;
+        c.embed.dimensions = Some(256);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("jobs.embed.dimensions") && e.contains("384"), "{e}");
 
         let mut c = JobsConfig::default();
         c.embed.provider = Provider::Openai;

@@ -355,7 +355,10 @@ fn content_of(row: &PgRow, id: i64, max_bytes: usize) -> Result<String, JobError
         return Ok(String::new());
     }
     let ty = raw.type_info().name().to_owned();
-    if !matches!(ty.as_str(), "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "BYTEA") {
+    if !matches!(
+        ty.as_str(),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "BYTEA"
+    ) {
         return Err(JobError::Permanent(format!(
             "document {id}: the content column is of type {ty}; expected text or bytea"
         )));

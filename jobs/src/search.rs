@@ -69,7 +69,8 @@ impl Searcher {
         cfg: &JobsConfig,
         embedder: Arc<dyn Embedder>,
     ) -> Result<Self, SearchError> {
-        let storage = vector::check(&pool, cfg, embedder.dimensions(), &embedder.model_id()).await?;
+        let storage =
+            vector::check(&pool, cfg, embedder.dimensions(), &embedder.model_id()).await?;
         let d = &cfg.documents;
         let name = |key: &str, v: &str| {
             QualifiedName::parse(v)

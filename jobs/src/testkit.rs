@@ -98,7 +98,9 @@ pub async fn insert_chunks(
         .await?;
         let dim = group.first().map_or(0, Vec::len);
         let flat: Vec<f32> = group.iter().flatten().copied().collect();
-        let texts: Vec<String> = (0..group.len()).map(|i| format!("doc {d} chunk {i}")).collect();
+        let texts: Vec<String> = (0..group.len())
+            .map(|i| format!("doc {d} chunk {i}"))
+            .collect();
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {} (document_id, chunk_index, start_char, content, embedding, model) \
              SELECT $1, (t.ord - 1)::int, 0, t.content, \

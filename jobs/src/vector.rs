@@ -49,10 +49,12 @@ fn chunks_name(cfg: &JobsConfig) -> Result<QualifiedName, VectorError> {
 
 /// Whether the server can `CREATE EXTENSION vector`.
 pub async fn extension_available(pool: &PgPool) -> Result<bool, VectorError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')")
-        .fetch_one(pool)
-        .await
-        .map_err(db("checking for the vector extension"))
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(db("checking for the vector extension"))
 }
 
 /// The storage of `table`'s `embedding` column.
@@ -79,7 +81,9 @@ pub async fn detect(pool: &PgPool, table: &QualifiedName) -> Result<Storage, Vec
                         "{quoted}.embedding is {full}: a vector column needs a dimension, e.g. vector(384)"
                     ))
                 })?;
-            let indexed = hnsw_index(pool, &quoted).await?.is_some_and(|(_, valid)| valid);
+            let indexed = hnsw_index(pool, &quoted)
+                .await?
+                .is_some_and(|(_, valid)| valid);
             Ok(Storage::Pgvector {
                 dimensions,
                 indexed,
@@ -118,7 +122,13 @@ pub async fn check(
     let table = chunks_name(cfg)?;
     let storage = detect(pool, &table).await?;
     if let Storage::Pgvector { dimensions, .. } = storage {
-        check_dimensions(&cfg.vector, dimensions, provider_dimensions, provider, &table)?;
+        check_dimensions(
+            &cfg.vector,
+            dimensions,
+            provider_dimensions,
+            provider,
+            &table,
+        )?;
     } else if cfg.vector.storage == VectorStorage::Pgvector {
         return Err(VectorError::Mismatch(format!(
             "jobs.vector.storage is \"pgvector\" but {}.embedding is real[]: run `worker migrate`",
@@ -192,10 +202,11 @@ pub async fn migrate(
     }
     if matches!(before, Storage::Array) && !extension_available(pool).await? {
         if v.storage == VectorStorage::Pgvector {
-            return Err(VectorError::Mismatch(format!(
+            return Err(VectorError::Mismatch(
                 "jobs.vector.storage is \"pgvector\" but this PostgreSQL server has no vector \
                  extension (install pgvector, or set storage = \"auto\")"
-            )));
+                    .into(),
+            ));
         }
         return Ok(MigrateReport {
             storage: before,
@@ -219,7 +230,8 @@ pub async fn migrate(
             converted = convert(pool, v, &table, &mut progress).await?;
         }
     }
-    let built = ensure_index(pool, v, &table, "embedding").await?;
+    // After a conversion the index exists already (built on the new column before the swap).
+    let built = ensure_index(pool, v, &table, "embedding").await? || converted_now(&before);
     let storage = detect(pool, &table).await?;
     let summary = format!(
         "{q}.embedding is vector({}){}{}",
@@ -240,6 +252,10 @@ pub async fn migrate(
         converted,
         summary,
     })
+}
+
+fn converted_now(before: &Storage) -> bool {
+    matches!(before, Storage::Array)
 }
 
 /// `real[]` → `vector(N)` next to running writers.
@@ -270,7 +286,10 @@ async fn convert(
         .as_deref()
         .map(|s| format!("{}.", quote_ident(s)))
         .unwrap_or_default();
-    let func = format!("{schema}{}", quote_ident(&format!("{}_embedding_vec_sync", table.name)));
+    let func = format!(
+        "{schema}{}",
+        quote_ident(&format!("{}_embedding_vec_sync", table.name))
+    );
     let trigger = quote_ident(&format!("{}_embedding_vec_sync", table.name));
     let check = quote_ident(&format!("{}_embedding_vec_not_null", table.name));
     let exec = |sql: String, what: &'static str| async move {
@@ -351,7 +370,9 @@ async fn convert(
         .await;
         match r {
             Ok(_) => {
-                tx.commit().await.map_err(db("committing the column swap"))?;
+                tx.commit()
+                    .await
+                    .map_err(db("committing the column swap"))?;
                 break;
             }
             Err(sqlx::Error::Database(e))
@@ -379,10 +400,12 @@ async fn ensure_index(
     match hnsw_index(pool, &q).await? {
         Some((_, true)) => return Ok(false),
         Some((name, false)) => {
-            sqlx::raw_sql(AssertSqlSafe(format!("DROP INDEX CONCURRENTLY IF EXISTS {name}")))
-                .execute(pool)
-                .await
-                .map_err(db(format!("dropping the invalid index {name}")))?;
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS {name}"
+            )))
+            .execute(pool)
+            .await
+            .map_err(db(format!("dropping the invalid index {name}")))?;
         }
         None => {}
     }
@@ -408,12 +431,17 @@ mod tests {
     fn dimension_mismatches_name_both_numbers() {
         let v = VectorConfig::default();
         let t = QualifiedName::new("app", "chunks");
-        let e = check_dimensions(&v, 768, Some(384), "p", &t).unwrap_err().to_string();
+        let e = check_dimensions(&v, 768, Some(384), "p", &t)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("vector(768)") && e.contains("384"), "{e}");
         let e = check_dimensions(&v, 384, Some(256), "local-fnv-v1/256", &t)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("256") && e.contains("384") && e.contains("local-fnv-v1"), "{e}");
+        assert!(
+            e.contains("256") && e.contains("384") && e.contains("local-fnv-v1"),
+            "{e}"
+        );
         check_dimensions(&v, 384, Some(384), "p", &t).unwrap();
         check_dimensions(&v, 384, None, "p", &t).unwrap();
     }

@@ -372,7 +372,10 @@ async fn empty_huge_and_non_utf8_documents_are_skipped_or_refused_without_writin
     assert!(!before.is_empty());
     db.exec("UPDATE {s}.documents SET content = repeat('huge text ', 524288) WHERE true")
         .await;
-    let e = h.run(&ctx(), &json!({"document_id": id})).await.unwrap_err();
+    let e = h
+        .run(&ctx(), &json!({"document_id": id}))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, JobError::Permanent(m) if m.contains("5242880 bytes") && m.contains("max_document_bytes")),
         "{e}"

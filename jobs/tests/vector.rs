@@ -95,7 +95,9 @@ async fn migration_of_an_empty_table_gives_vector_and_hnsw_and_is_idempotent() {
     .await
     .unwrap();
     assert!(
-        def.contains("vector_cosine_ops") && def.contains("m='16'") && def.contains("ef_construction='64'"),
+        def.contains("vector_cosine_ops")
+            && def.contains("m='16'")
+            && def.contains("ef_construction='64'"),
         "{def}"
     );
     let again = vector::migrate(&db.pool, &db.cfg, |_| {}).await.unwrap();
@@ -105,12 +107,18 @@ async fn migration_of_an_empty_table_gives_vector_and_hnsw_and_is_idempotent() {
     // The start-up check names both numbers when config and column disagree.
     let mut cfg = db.cfg.clone();
     cfg.vector.dimensions = 768;
-    let e = vector::check_configured(&db.pool, &cfg).await.unwrap_err().to_string();
+    let e = vector::check_configured(&db.pool, &cfg)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("vector(384)") && e.contains("768"), "{e}");
     // ... and when the provider does.
     let mut cfg = db.cfg.clone();
     cfg.embed.dimensions = Some(256);
-    let e = vector::check_configured(&db.pool, &cfg).await.unwrap_err().to_string();
+    let e = vector::check_configured(&db.pool, &cfg)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("256") && e.contains("384"), "{e}");
     db.cleanup().await;
 }
@@ -169,7 +177,9 @@ async fn migration_converts_existing_chunks_while_jobs_keep_writing() {
     let mut cfg = db.cfg.clone();
     cfg.vector.migrate_batch_size = 37; // several batches
     let mut seen = Vec::new();
-    let r = vector::migrate(&db.pool, &cfg, |n| seen.push(n)).await.unwrap();
+    let r = vector::migrate(&db.pool, &cfg, |n| seen.push(n))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writer.await.unwrap();
@@ -228,8 +238,13 @@ async fn search_finds_the_expected_document_through_the_hnsw_index() {
         ids.push(id);
     }
     let embedder: Arc<dyn Embedder> = Arc::new(LocalEmbedder::new(384, 16));
-    let s = Searcher::new(db.pool.clone(), &db.cfg, embedder).await.unwrap();
-    assert!(matches!(s.storage(), Storage::Pgvector { indexed: true, .. }));
+    let s = Searcher::new(db.pool.clone(), &db.cfg, embedder)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.storage(),
+        Storage::Pgvector { indexed: true, .. }
+    ));
     for (query, want) in [
         ("watering tomato plants", 0),
         ("moons of Jupiter telescope", 1),
@@ -284,10 +299,13 @@ async fn hnsw_recall_at_10_on_20000_chunks_and_the_plan_uses_the_index() {
     // The realistic path: chunks already there, then `worker migrate`.
     let r = vector::migrate(&db.pool, &db.cfg, |_| {}).await.unwrap();
     assert_eq!(r.converted, 20_000);
-    sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {}", db.t("document_chunks"))))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ANALYZE {}",
+        db.t("document_chunks")
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let s = Searcher::new(
         db.pool.clone(),
         &db.cfg,
@@ -373,7 +391,13 @@ async fn wrong_dimension_and_nan_are_permanent_and_write_nothing() {
         .await;
     let cases: Vec<(Scripted, &str)> = vec![
         // Undeclared dimension, the column says 384.
-        (Scripted { dim: None, answer: |_| vec![0.1; 256] }, "256"),
+        (
+            Scripted {
+                dim: None,
+                answer: |_| vec![0.1; 256],
+            },
+            "256",
+        ),
         // Lengths differ within one document.
         (
             Scripted {
@@ -395,8 +419,13 @@ async fn wrong_dimension_and_nan_are_permanent_and_write_nothing() {
         ),
     ];
     for (provider, needle) in cases {
-        let h = EmbedDocument::new(db.pool.clone(), &db.cfg.embed, &db.cfg.documents, Arc::new(provider))
-            .unwrap();
+        let h = EmbedDocument::new(
+            db.pool.clone(),
+            &db.cfg.embed,
+            &db.cfg.documents,
+            Arc::new(provider),
+        )
+        .unwrap();
         let e = h.embed(id).await.unwrap_err();
         assert!(
             matches!(&e, JobError::Permanent(m) if m.contains(needle)),
@@ -422,7 +451,10 @@ async fn without_pgvector_search_is_an_exact_scan_over_real_arrays() {
     assert!(r.summary.contains("no pgvector"), "{}", r.summary);
     let mut strict = db.cfg.clone();
     strict.vector.storage = jobs::config::VectorStorage::Pgvector;
-    let e = vector::migrate(&db.pool, &strict, |_| {}).await.unwrap_err().to_string();
+    let e = vector::migrate(&db.pool, &strict, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no vector extension"), "{e}");
 
     let h = local(&db);
@@ -432,9 +464,13 @@ async fn without_pgvector_search_is_an_exact_scan_over_real_arrays() {
         h.embed(id).await.unwrap();
         ids.push(id);
     }
-    let s = Searcher::new(db.pool.clone(), &db.cfg, Arc::new(LocalEmbedder::new(384, 4)))
-        .await
-        .unwrap();
+    let s = Searcher::new(
+        db.pool.clone(),
+        &db.cfg,
+        Arc::new(LocalEmbedder::new(384, 4)),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.storage(), Storage::Array);
     let hits = s.search("bread dough yeast oven", 2).await.unwrap();
     assert_eq!(hits[0].document_id, ids[2], "{hits:?}");

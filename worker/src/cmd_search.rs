@@ -42,8 +42,8 @@ pub async fn search(cfg: &Config, query: &str, limit: usize) -> Result<Vec<Hit>,
                 queues::error::redact_url(&cfg.database.url)
             ))
         })?;
-    let embedder = jobs::embedder::from_config(&cfg.jobs.embed)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let embedder =
+        jobs::embedder::from_config(&cfg.jobs.embed).map_err(|e| CliError::Usage(e.to_string()))?;
     let searcher = Searcher::new(pool, &cfg.jobs, Arc::from(embedder))
         .await
         .map_err(search_error)?;
@@ -97,7 +97,10 @@ mod tests {
             distance: 0.1234,
         }];
         let t = render(&hits, false);
-        assert!(t.contains("0.1234") && t.contains("Release notes") && t.contains('7'), "{t}");
+        assert!(
+            t.contains("0.1234") && t.contains("Release notes") && t.contains('7'),
+            "{t}"
+        );
         let j: serde_json::Value = serde_json::from_str(&render(&hits, true)).unwrap();
         assert_eq!(j[0]["document_id"], 7);
         assert_eq!(j[0]["title"], "Release notes");

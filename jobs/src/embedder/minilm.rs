@@ -110,7 +110,11 @@ impl MiniLmEmbedder {
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EmbedError::Rejected(format!("tokenizer: {e}")))?;
         let longest = enc.iter().map(|e| e.len()).max().unwrap_or(0);
-        if let Some((i, e)) = enc.iter().enumerate().find(|(_, e)| e.len() > WINDOW_TOKENS) {
+        if let Some((i, e)) = enc
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.len() > WINDOW_TOKENS)
+        {
             return Err(EmbedError::Rejected(format!(
                 "text {i} is {} tokens, more than all-MiniLM-L6-v2's {WINDOW_TOKENS}-token window",
                 e.len()
