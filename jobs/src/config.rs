@@ -474,13 +474,19 @@ mod tests {
         .unwrap();
         assert_eq!(c.vector.storage, VectorStorage::Pgvector);
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("jobs.vector.hnsw_ef_construction") && e.contains("64"), "{e}");
+        assert!(
+            e.contains("jobs.vector.hnsw_ef_construction") && e.contains("64"),
+            "{e}"
+        );
 
         let mut c = JobsConfig::default();
         c.embed.provider = Provider::Minilm;
         c.embed.dimensions = Some(256);
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("jobs.embed.dimensions") && e.contains("384"), "{e}");
+        assert!(
+            e.contains("jobs.embed.dimensions") && e.contains("384"),
+            "{e}"
+        );
 
         let mut c = JobsConfig::default();
         c.embed.provider = Provider::Openai;

@@ -161,7 +161,7 @@ fn long_texts_are_cut_at_the_window_never_truncated() {
     let n = m.token_count(&long).unwrap();
     assert!(n > 3 * 256, "{n}");
     // Asked to embed it whole, the model says why it will not.
-    let e = m.embed_blocking(&[long.clone()]).unwrap_err();
+    let e = m.embed_blocking(std::slice::from_ref(&long)).unwrap_err();
     assert!(
         matches!(&e, EmbedError::Rejected(msg) if msg.contains("256-token window")),
         "{e}"
