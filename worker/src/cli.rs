@@ -87,7 +87,13 @@ pub fn build_registry(cfg: &Config) -> Result<Registry, CliError> {
 /// column and the provider: a mismatch stops the worker (naming both numbers); an unreachable
 /// database only warns, since the jobs retry until it is back.
 async fn check_vectors(cfg: &Config) -> Result<(), CliError> {
-    let pool = match db(cfg).await {
+    // Short: a database that is down must not hold up the start (the jobs retry until it is
+    // back), only a wrong setup should stop it.
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&cfg.database.url)
+    {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!("vector storage not checked at start: {e}");
