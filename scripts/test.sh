@@ -11,12 +11,14 @@ export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-testing}" AWS_SECRET_ACCESS_KEY="
 export AWS_REGION="${AWS_REGION:-us-east-1}"
 
 scripts/services.sh up
+# The in-process all-MiniLM-L6-v2 provider is opt-in for users; the tests build and test it.
+FEATURES=(--features jobfleet-jobs/minilm)
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked "${FEATURES[@]}" -- -D warnings
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 scripts/lint-deploy.sh
-cargo nextest run --workspace --locked --no-fail-fast "$@"
+cargo nextest run --workspace --locked --no-fail-fast "${FEATURES[@]}" "$@"
 # nextest does not run doctests.
-cargo test --workspace --locked --doc
+cargo test --workspace --locked --doc "${FEATURES[@]}"

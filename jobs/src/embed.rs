@@ -1,6 +1,12 @@
 //! `embed_document {document_id}`: split a document into overlapping chunks, embed them in
 //! batches and replace the document's chunks in one transaction. A document whose content (and
 //! embedding setup) hashes to what was embedded last time is skipped.
+//!
+//! Bad input never half-writes: an empty document is recorded with no chunks, one over
+//! `max_document_bytes` or not UTF-8, or a provider answer of the wrong length or with NaN, is a
+//! permanent error before anything is written. The chunk table's `embedding` column may be
+//! `real[]` or pgvector's `vector(N)` (see [`crate::vector`]): the same `real[]` value is
+//! written to both, cast on assignment.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +15,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgPool, Row, TypeInfo, ValueRef};
 
 use crate::config::{DocumentsConfig, EmbedConfig};
 use crate::embedder::Embedder;
@@ -73,6 +80,7 @@ pub struct EmbedDocument {
     embedder: Arc<dyn Embedder>,
     chunk_size: usize,
     chunk_overlap: usize,
+    max_bytes: usize,
     lock_ns: String,
     sql_load: String,
     sql_recheck: String,
@@ -104,9 +112,10 @@ impl EmbedDocument {
             embedder,
             chunk_size: embed.chunk_size,
             chunk_overlap: embed.chunk_overlap,
+            max_bytes: embed.max_document_bytes,
             lock_ns: format!("jobfleet.embed_document:{chunks}"),
             sql_load: format!(
-                "SELECT d.{content}::text, md5(d.{content}::text), s.content_hash \
+                "SELECT d.{content}, md5(d.{content}::text), s.content_hash \
                  FROM {table} d LEFT JOIN {state} s ON s.document_id = d.{id} \
                  WHERE d.{id} = $1"
             ),
@@ -142,42 +151,102 @@ impl EmbedDocument {
         hex::encode(h.finalize())
     }
 
-    /// Embeds document `id`; the handler's `run` without the JSON.
-    pub async fn embed(&self, id: i64) -> Result<Outcome, JobError> {
-        let row: Option<(Option<String>, Option<String>, Option<String>)> =
-            sqlx::query_as(AssertSqlSafe(self.sql_load.as_str()))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| db_error("loading document", e))?;
-        let Some((content, content_md5, stored_hash)) = row else {
-            return Err(JobError::Permanent(format!("document {id} does not exist")));
-        };
-        let content = content.unwrap_or_default();
-        let hash = self.content_hash(&content);
-        if stored_hash.as_deref() == Some(hash.as_str()) {
-            return Ok(Outcome::new("skipped: content unchanged"));
+    /// Splits `content` into chunks that also fit the model's input window.
+    fn chunks(&self, content: &str) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        for c in chunk_text(content, self.chunk_size, self.chunk_overlap) {
+            let cuts = self.embedder.window_cuts(&c.text);
+            if cuts.is_empty() {
+                out.push(c);
+                continue;
+            }
+            let bytes: Vec<usize> = c.text.char_indices().map(|(b, _)| b).collect();
+            let byte_at = |i: usize| bytes.get(i).copied().unwrap_or(c.text.len());
+            let mut from = 0;
+            for to in cuts.into_iter().chain([bytes.len()]) {
+                if to > from {
+                    out.push(Chunk {
+                        start_char: c.start_char + from,
+                        text: c.text[byte_at(from)..byte_at(to)].to_owned(),
+                    });
+                    from = to;
+                }
+            }
         }
+        out
+    }
 
-        let chunks = chunk_text(&content, self.chunk_size, self.chunk_overlap);
-        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+    /// Embeds `texts` and checks the answer: one vector per text, all of the provider's length,
+    /// all finite. Returns them flattened, with their length.
+    async fn vectors(&self, id: i64, texts: &[String]) -> Result<(Vec<f32>, usize), JobError> {
+        let model = self.embedder.model_id();
         let mut flat: Vec<f32> = Vec::new();
-        let mut dim = 0usize;
+        let mut dim = self.embedder.dimensions().unwrap_or(0);
+        let mut done = 0usize;
         for batch in texts.chunks(self.embedder.batch_size().max(1)) {
             let vectors = self.embedder.embed(batch).await?;
+            if vectors.len() != batch.len() {
+                return Err(JobError::Permanent(format!(
+                    "embedding provider {model} returned {} vectors for {} texts",
+                    vectors.len(),
+                    batch.len()
+                )));
+            }
             for v in vectors {
                 if dim == 0 {
                     dim = v.len();
                 }
                 if v.len() != dim || dim == 0 {
-                    return Err(JobError::Retry(format!(
-                        "embedding provider returned vectors of length {} and {dim}",
+                    return Err(JobError::Permanent(format!(
+                        "embedding provider {model} returned a vector of length {} for chunk \
+                         {done} of document {id}, expected {dim}",
                         v.len()
                     )));
                 }
+                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                    return Err(JobError::Permanent(format!(
+                        "embedding provider {model} returned {x} in the vector of chunk {done} \
+                         of document {id}"
+                    )));
+                }
                 flat.extend_from_slice(&v);
+                done += 1;
             }
         }
+        Ok((flat, dim))
+    }
+
+    /// Embeds document `id`; the handler's `run` without the JSON.
+    pub async fn embed(&self, id: i64) -> Result<Outcome, JobError> {
+        let row: Option<PgRow> = sqlx::query(AssertSqlSafe(self.sql_load.as_str()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("loading document", e))?;
+        let Some(row) = row else {
+            return Err(JobError::Permanent(format!("document {id} does not exist")));
+        };
+        let content = content_of(&row, id, self.max_bytes)?;
+        let content_md5: Option<String> = row
+            .try_get(1)
+            .map_err(|e| db_error("loading document", e))?;
+        let stored_hash: Option<String> = row
+            .try_get(2)
+            .map_err(|e| db_error("loading document", e))?;
+        let hash = self.content_hash(&content);
+        if stored_hash.as_deref() == Some(hash.as_str()) {
+            return Ok(Outcome::new("skipped: content unchanged"));
+        }
+
+        // Whitespace has no meaning to embed (and a zero vector has no cosine distance): an
+        // empty document is recorded with no chunks.
+        let chunks = if content.trim().is_empty() {
+            Vec::new()
+        } else {
+            self.chunks(&content)
+        };
+        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+        let (flat, dim) = self.vectors(id, &texts).await?;
         let starts: Vec<i32> = chunks
             .iter()
             .map(|c| i32::try_from(c.start_char).unwrap_or(i32::MAX))
@@ -239,6 +308,11 @@ impl EmbedDocument {
             .await
             .map_err(|e| db_error("writing embedding state", e))?;
         tx.commit().await.map_err(|e| db_error("commit", e))?;
+        if chunks.is_empty() {
+            return Ok(Outcome::new(format!(
+                "skipped: document {id} is empty (recorded with no chunks)"
+            )));
+        }
         Ok(Outcome::new(format!(
             "{} chunks written ({model})",
             chunks.len()
@@ -274,6 +348,42 @@ impl Handler for EmbedDocument {
 /// Checks an `embed_document` payload; needs neither the database nor the provider.
 pub fn validate_payload(payload: &Value) -> Result<(), JobError> {
     parse(payload).map(|_| ())
+}
+
+/// The document's text: a `text` column, or a `bytea` one that must hold UTF-8 (anything else
+/// is a permanent error naming the document). NULL is empty.
+fn content_of(row: &PgRow, id: i64, max_bytes: usize) -> Result<String, JobError> {
+    let raw = row
+        .try_get_raw(0)
+        .map_err(|e| db_error("loading document", e))?;
+    if raw.is_null() {
+        return Ok(String::new());
+    }
+    let ty = raw.type_info().name().to_owned();
+    if !matches!(
+        ty.as_str(),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "BYTEA"
+    ) {
+        return Err(JobError::Permanent(format!(
+            "document {id}: the content column is of type {ty}; expected text or bytea"
+        )));
+    }
+    let bytes = raw
+        .as_bytes()
+        .map_err(|e| JobError::Permanent(format!("document {id}: unreadable content: {e}")))?;
+    if bytes.len() > max_bytes {
+        return Err(JobError::Permanent(format!(
+            "document {id} is {} bytes, more than jobs.embed.max_document_bytes ({max_bytes}); \
+             split it or raise the limit",
+            bytes.len()
+        )));
+    }
+    String::from_utf8(bytes.to_vec()).map_err(|e| {
+        JobError::Permanent(format!(
+            "document {id} is not valid UTF-8 (at byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 fn parse(payload: &Value) -> Result<EmbedPayload, JobError> {

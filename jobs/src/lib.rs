@@ -1,6 +1,7 @@
 //! jobfleet's job handlers, all against PostgreSQL and all idempotent: document embedding,
 //! analytics rollups, materialized-view refresh and monthly partition creation, plus the
-//! [`Registry`] that maps an envelope's `kind` to its handler and retry policy.
+//! [`Registry`] that maps an envelope's `kind` to its handler and retry policy, and semantic
+//! search over the embedded chunks ([`search`], storage in [`vector`]).
 
 pub mod config;
 pub mod embed;
@@ -10,8 +11,10 @@ pub mod ident;
 pub mod matview;
 pub mod partitions;
 pub mod rollup;
+pub mod search;
 pub mod testkit;
 pub mod validate;
+pub mod vector;
 
 use std::sync::Arc;
 

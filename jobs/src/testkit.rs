@@ -50,3 +50,71 @@ pub fn config_for_schema(schema: &str) -> JobsConfig {
 pub fn random_schema(prefix: &str) -> String {
     format!("{prefix}_{:016x}", rand::random::<u64>())
 }
+
+/// `n` unit vectors of length `dim` around `clusters` random centres (seeded, so runs repeat):
+/// synthetic embeddings with the neighbourhood structure of real ones, for index tests and
+/// benchmarks that need no model.
+pub fn clustered_vectors(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut gauss = move || -> f32 {
+        // Box–Muller: rand has no normal distribution without rand_distr.
+        let (u, v): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    };
+    let centres: Vec<Vec<f32>> = (0..clusters.max(1))
+        .map(|_| (0..dim).map(|_| gauss()).collect())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let c = &centres[i % centres.len()];
+            let mut v: Vec<f32> = c.iter().map(|x| x + 0.6 * gauss()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            v
+        })
+        .collect()
+}
+
+/// Inserts `vectors` as chunks (`per_doc` to a document, documents titled `doc N`) into the
+/// tables of `cfg`, as `embed_document` would write them; returns the document ids in order.
+pub async fn insert_chunks(
+    pool: &PgPool,
+    cfg: &JobsConfig,
+    vectors: &[Vec<f32>],
+    per_doc: usize,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let docs = &cfg.documents;
+    let per_doc = per_doc.max(1);
+    let mut ids = Vec::new();
+    for (d, group) in vectors.chunks(per_doc).enumerate() {
+        let id: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "INSERT INTO {} (title, content) VALUES ($1, $2) RETURNING id",
+            docs.table
+        )))
+        .bind(format!("doc {d}"))
+        .bind(format!("synthetic document {d}"))
+        .fetch_one(pool)
+        .await?;
+        let dim = group.first().map_or(0, Vec::len);
+        let flat: Vec<f32> = group.iter().flatten().copied().collect();
+        let texts: Vec<String> = (0..group.len())
+            .map(|i| format!("doc {d} chunk {i}"))
+            .collect();
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (document_id, chunk_index, start_char, content, embedding, model) \
+             SELECT $1, (t.ord - 1)::int, 0, t.content, \
+                    ($3::real[])[(t.ord - 1) * $4 + 1 : t.ord * $4], 'synthetic' \
+             FROM unnest($2::text[]) WITH ORDINALITY AS t(content, ord)",
+            docs.chunks_table
+        )))
+        .bind(id)
+        .bind(&texts)
+        .bind(&flat)
+        .bind(dim as i32)
+        .execute(pool)
+        .await?;
+        ids.push(id);
+    }
+    Ok(ids)
+}

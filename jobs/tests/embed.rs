@@ -350,3 +350,63 @@ async fn embed_document_with_http_provider_batches_and_keeps_chunks_on_429() {
     assert!(chunks_of(&db, id).await.len() >= n);
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn empty_huge_and_non_utf8_documents_are_skipped_or_refused_without_writing() {
+    let db = TestDb::new("jt_embed").await;
+    let reg = jobs::registry(db.pool.clone(), &db.cfg).unwrap();
+    let h = reg.get("embed_document").unwrap().handler.clone();
+
+    // Empty or whitespace-only: recorded with no chunks, and the outcome says why.
+    for blank in ["", " \n\t "] {
+        let id = insert_doc(&db, blank).await;
+        let out = h.run(&ctx(), &json!({"document_id": id})).await.unwrap();
+        assert!(out.summary.contains("empty"), "{out:?}");
+        assert!(chunks_of(&db, id).await.is_empty());
+    }
+
+    // 5 MB: a permanent error naming the size and the limit, the old chunks untouched.
+    let id = insert_doc(&db, &text(300, "delta")).await;
+    h.run(&ctx(), &json!({"document_id": id})).await.unwrap();
+    let before = chunks_of(&db, id).await;
+    assert!(!before.is_empty());
+    db.exec("UPDATE {s}.documents SET content = repeat('huge text ', 524288) WHERE true")
+        .await;
+    let e = h
+        .run(&ctx(), &json!({"document_id": id}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, JobError::Permanent(m) if m.contains("5242880 bytes") && m.contains("max_document_bytes")),
+        "{e}"
+    );
+    assert_eq!(chunks_of(&db, id).await, before);
+
+    // An application table whose bytea content is not UTF-8.
+    db.exec(
+        "CREATE TABLE {s}.raw_docs (id bigint PRIMARY KEY, body bytea NOT NULL);
+         INSERT INTO {s}.raw_docs VALUES (1, '\\x68656c6c6fff00'::bytea), (2, convert_to('héllo wörld', 'UTF8'));
+         ALTER TABLE {s}.document_chunks DROP CONSTRAINT document_chunks_document_id_fkey;
+         ALTER TABLE {s}.document_embedding_state DROP CONSTRAINT document_embedding_state_document_id_fkey;",
+    )
+    .await;
+    let mut cfg = db.cfg.clone();
+    cfg.documents.table = db.t("raw_docs");
+    cfg.documents.content_column = "body".into();
+    let raw = EmbedDocument::new(
+        db.pool.clone(),
+        &cfg.embed,
+        &cfg.documents,
+        Arc::new(jobs::embedder::LocalEmbedder::new(384, 8)),
+    )
+    .unwrap();
+    let e = raw.embed(1).await.unwrap_err();
+    assert!(
+        matches!(&e, JobError::Permanent(m) if m.contains("not valid UTF-8") && m.contains("byte 5")),
+        "{e}"
+    );
+    assert!(chunks_of(&db, 1).await.is_empty());
+    raw.embed(2).await.unwrap();
+    assert_eq!(chunks_of(&db, 2).await[0].1, "héllo wörld");
+    db.cleanup().await;
+}

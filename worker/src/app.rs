@@ -68,6 +68,35 @@ pub fn validators(settings: &JobSettings) -> Result<Validators, CliError> {
     Ok(v)
 }
 
+/// The start-up check of `jobs.vector.dimensions` against the chunk column and the provider:
+/// a mismatch stops the worker (naming both numbers); an unreachable database only warns,
+/// since the jobs retry until it is back.
+pub async fn check_vectors(cfg: &Config, settings: &JobSettings) -> Result<(), CliError> {
+    // Short: a database that is down must not hold up the start, only a wrong setup should.
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&cfg.database.url)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("vector storage not checked at start: {e}");
+            return Ok(());
+        }
+    };
+    match jobs::vector::check_configured(&pool, &settings.jobs).await {
+        Ok(storage) => {
+            tracing::info!(?storage, "chunk embedding storage");
+            Ok(())
+        }
+        Err(e @ jobs::vector::VectorError::Mismatch(_)) => Err(CliError::Usage(e.to_string())),
+        Err(e) => {
+            tracing::warn!("vector storage not checked at start: {e}");
+            Ok(())
+        }
+    }
+}
+
 /// What runs beside the pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Serve {

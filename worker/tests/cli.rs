@@ -453,3 +453,114 @@ async fn enqueue_needs_no_provider_key_but_run_does() {
         "the refused run took nothing"
     );
 }
+
+/// `worker migrate` then `worker search` as processes, on a fresh database of the PostgreSQL
+/// with pgvector (:5433): the chunks become vector(384) with an HNSW index, the search finds the
+/// document, and bad arguments exit 2 with a message.
+#[tokio::test]
+async fn search_command_over_pgvector() {
+    use sqlx::Executor;
+    let base = std::env::var("JOBFLEET_PGVECTOR_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".into());
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL with pgvector on :5433 (scripts/services.sh up pgvector)");
+    let name = format!(
+        "jft_search_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{prefix}/{name}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("search.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[broker]\nbackend = \"memory\"\n[database]\nurl = \"{url}\"\n[queues.jobs]\n[routes]\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .arg("--config")
+            .arg(&cfg_path)
+            .args(args)
+            .env_remove("JOBFLEET_DATABASE_URL")
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(&["migrate"]);
+    assert_eq!(code, 0, "{err}");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let ty: String = sqlx::query_scalar(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+         WHERE attrelid = 'jobfleet.document_chunks'::regclass AND attname = 'embedding'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ty, "vector(384)");
+
+    let embed = jobs::embed::EmbedDocument::new(
+        pool.clone(),
+        &Default::default(),
+        &Default::default(),
+        std::sync::Arc::new(jobs::embedder::LocalEmbedder::new(384, 8)),
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for (title, text) in [
+        (
+            "Baking",
+            "Knead the bread dough, let the yeast work, bake in a hot oven.",
+        ),
+        (
+            "Astronomy",
+            "Jupiter and its moons seen through a telescope.",
+        ),
+    ] {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobfleet.documents (title, content) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(title)
+        .bind(text)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        embed.embed(id).await.unwrap();
+        ids.push(id);
+    }
+    let (code, out, err) = run(&["search", "bread dough yeast oven", "--limit", "2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let hits: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hits[0]["document_id"], ids[0], "{out}");
+    assert_eq!(hits[0]["title"], "Baking");
+    assert_eq!(hits.as_array().unwrap().len(), 2);
+    let (code, out, _) = run(&["search", "moons of Jupiter"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Astronomy"), "{out}");
+    let (code, _, err) = run(&["search", "x", "--limit", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("limit"), "{err}");
+    let (code, _, err) = run(&["search", "  "]);
+    assert_eq!(code, 2);
+    assert!(err.contains("empty"), "{err}");
+
+    pool.close().await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .await
+        .unwrap();
+}

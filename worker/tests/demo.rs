@@ -33,6 +33,18 @@ async fn demo_runs_every_kind_and_shows_the_failed_job() {
         assert!(out.contains(want), "demo output lacks {want:?}:\n{out}");
     }
     assert!(!out.contains(" 0 chunks"), "no chunks written:\n{out}");
+    // The search step finds the document whose title it asks for.
+    let search = out
+        .split("worker search \"onboarding guide\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no search step:\n{out}"));
+    let first_row = search
+        .lines()
+        .find(|l| l.contains("Onboarding") || l.contains("Quarterly") || l.contains("Release"));
+    assert!(
+        first_row.is_some_and(|l| l.contains("Onboarding guide")),
+        "search did not rank the onboarding guide first:\n{search}"
+    );
     assert!(!out.contains(" 0 hourly rollup rows"), "no rollups:\n{out}");
     // monthly partitions: current month + 3 ahead, plus the default one
     assert!(out.contains("has 5 partitions"), "{out}");

@@ -23,6 +23,7 @@ const DEADLINE: Duration = Duration::from_secs(90);
 pub async fn run(cfg: Config, settings: &JobSettings) -> Result<String, CliError> {
     let mut out = String::new();
     migrate::apply(&cfg).await?;
+    migrate::vectors(&cfg, settings).await?;
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&cfg.database.url)
@@ -142,6 +143,12 @@ pub async fn run(cfg: Config, settings: &JobSettings) -> Result<String, CliError
          refresh_materialized_view jobfleet.analytics_daily_totals refreshed\n"
     )
     .expect("writing to a String");
+
+    // A search over what the jobs just embedded.
+    let query = "onboarding guide";
+    let hits = super::search::search(&cfg, settings, query, 3).await?;
+    let table = super::search::render(&hits, false);
+    writeln!(out, "worker search \"{query}\" --limit 3:\n{table}\n").expect("writing to a String");
 
     let rows = super::queues::rows(&*broker, &cfg, &Default::default()).await?;
     writeln!(out, "queues:\n{}\n", super::queues::render(&rows, false))

@@ -6,6 +6,7 @@ use runtime::Config;
 use serde::Serialize;
 
 use crate::cmd::CliError;
+use crate::config::JobSettings;
 
 /// `worker migrate` arguments.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -24,11 +25,13 @@ pub struct MigrationStatus {
 }
 
 /// Applies (or with `--status` only lists) and prints the status.
-pub async fn execute(cfg: &Config, args: &Args) -> Result<(), CliError> {
+pub async fn execute(cfg: &Config, settings: &JobSettings, args: &Args) -> Result<(), CliError> {
     let list = if args.status {
         status(cfg).await?
     } else {
-        apply(cfg).await?
+        let list = apply(cfg).await?;
+        vectors(cfg, settings).await?;
+        list
     };
     println!("{}", render(&list));
     Ok(())
@@ -56,6 +59,20 @@ pub async fn apply(cfg: &Config) -> Result<Vec<MigrationStatus>, CliError> {
         .await
         .map_err(|e| CliError::Failed(format!("migration failed: {e}")))?;
     status_on(&pool).await
+}
+
+/// Where pgvector is installed, converts the chunk table's `real[]` embeddings to
+/// `vector(N)` in batches and builds the HNSW index `CONCURRENTLY` (docs/search.md); without
+/// the extension it leaves the `real[]` path as it is and says so.
+pub async fn vectors(cfg: &Config, settings: &JobSettings) -> Result<(), CliError> {
+    let pool = db(cfg).await?;
+    let report = jobs::vector::migrate(&pool, &settings.jobs, |n| {
+        tracing::info!(converted = n, "converting chunk embeddings to vector")
+    })
+    .await
+    .map_err(|e| CliError::Failed(format!("vector migration failed: {e}")))?;
+    tracing::info!("{}", report.summary);
+    Ok(())
 }
 
 /// Which migrations are applied and which pending, changing nothing.

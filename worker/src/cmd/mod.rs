@@ -9,6 +9,7 @@ pub mod error;
 pub mod migrate;
 pub mod queues;
 pub mod run;
+pub mod search;
 
 use runtime::Config;
 
@@ -30,6 +31,8 @@ pub enum Cmd {
     /// A one-minute tour: migrate, enqueue one job of every kind plus one that fails, run them,
     /// print the results, the queue table and the DLQ entry.
     Demo,
+    /// The nearest embedded chunks to a query (semantic search).
+    Search(search::SearchArgs),
     /// Inspect, replay or purge a queue's dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -42,13 +45,14 @@ impl Cmd {
     pub async fn execute(self, cfg: Config, settings: JobSettings) -> Result<(), CliError> {
         match self {
             Cmd::Run => run::execute(cfg, settings).await,
-            Cmd::Migrate(args) => migrate::execute(&cfg, &args).await,
+            Cmd::Migrate(args) => migrate::execute(&cfg, &settings, &args).await,
             Cmd::Queues(args) => queues::execute(&cfg, &args).await,
             Cmd::Enqueue(args) => enqueue::execute(&cfg, &settings, &args).await,
             Cmd::Demo => {
                 println!("{}", demo::run(cfg, &settings).await?);
                 Ok(())
             }
+            Cmd::Search(args) => search::execute(&cfg, &settings, &args).await,
             Cmd::Dlq { cmd } => cmd.execute(&cfg).await,
         }
     }

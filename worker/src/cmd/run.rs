@@ -14,9 +14,8 @@ pub async fn execute(cfg: Config, settings: JobSettings) -> Result<(), CliError>
     shutdown.on_signals(|| {
         tracing::info!("signal received: draining (send it again to exit at once)");
     });
-    App::new(cfg, &settings)
-        .await?
-        .run(shutdown, Serve::Everything)
-        .await?;
+    let app = App::new(cfg.clone(), &settings).await?;
+    crate::app::check_vectors(&cfg, &settings).await?;
+    app.run(shutdown, Serve::Everything).await?;
     Ok(())
 }
