@@ -133,8 +133,12 @@ async fn run(pool: &PgPool, schema: &str, rows: u64) -> Result<(), Box<dyn std::
         "INSERT INTO {q}.\"PodExecution\" (\"podId\", status, \"startedAt\", \"tokensUsed\") \
          SELECT 'pod-' || (n % 40), 'DONE', \
                 timestamptz '2025-12-01+00' + (n - 1) * interval '365 days' / {rows}, n % 1000 \
-         FROM generate_series(1, {rows}) n; \
-         VACUUM ANALYZE {q}.\"PodExecution_default\";"
+         FROM generate_series(1, {rows}) n"
+    )))
+    .execute(pool)
+    .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "VACUUM ANALYZE {q}.\"PodExecution_default\""
     )))
     .execute(pool)
     .await?;
