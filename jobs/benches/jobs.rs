@@ -129,11 +129,7 @@ async fn run(
         .ok_or("date")?;
     EnsurePartitions::new(pool.clone(), &cfg.partitions)?
         .ensure(
-            &PartitionsPayload {
-                table: format!("{schema}.analytics_events"),
-                months_ahead: 0,
-                retention_months: None,
-            },
+            &PartitionsPayload::new(format!("{schema}.analytics_events"), 0),
             day,
         )
         .await?;

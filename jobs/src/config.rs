@@ -242,6 +242,10 @@ pub struct MatviewConfig {
     pub statement_timeout: Duration,
     /// Views a job may refresh (`schema.view`); empty = any materialized view.
     pub allowed: Vec<String>,
+    /// Whether a view without a usable unique index may be refreshed without `CONCURRENTLY`,
+    /// which blocks its readers for the whole refresh. `false`: such a job fails permanently
+    /// with the index that would allow `CONCURRENTLY`.
+    pub allow_blocking_refresh: bool,
 }
 
 impl Default for MatviewConfig {
@@ -249,8 +253,22 @@ impl Default for MatviewConfig {
         MatviewConfig {
             statement_timeout: Duration::from_secs(300),
             allowed: Vec::new(),
+            allow_blocking_refresh: true,
         }
     }
+}
+
+/// What retention does with a partition older than `retention_months`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionMode {
+    /// Detach and drop it (its rows are gone).
+    #[default]
+    Drop,
+    /// Detach it and leave it in place as a plain table.
+    Detach,
+    /// Move it to `archive_schema`, then detach it.
+    Archive,
 }
 
 /// `[jobs.partitions]`.
@@ -261,9 +279,20 @@ pub struct PartitionsConfig {
     pub allowed_tables: Vec<String>,
     /// Upper bound of the payload's `months_ahead`.
     pub max_months_ahead: u32,
-    /// `lock_timeout` while changing partitions (DDL waits for the table's readers/writers).
+    /// `lock_timeout` of each step that needs a strong lock (attach, detach, drop). Readers and
+    /// writers queue behind a DDL statement that waits for its lock, so this bounds how long
+    /// they can be held up by the wait; a step that times out is retried after a pause.
     #[serde(with = "humantime_serde")]
     pub lock_timeout: Duration,
+    /// Further attempts of a step after it timed out on its lock (pauses grow from 100 ms to
+    /// 5 s); when they are used up the job fails and is retried later.
+    pub lock_retries: u32,
+    /// Rows moved out of the default partition per transaction.
+    pub batch_rows: u32,
+    /// Default retention mode; a payload's `retention_mode` overrides it.
+    pub retention_mode: RetentionMode,
+    /// Schema that `retention_mode = "archive"` moves old partitions to (must exist).
+    pub archive_schema: Option<String>,
 }
 
 impl Default for PartitionsConfig {
@@ -271,7 +300,11 @@ impl Default for PartitionsConfig {
         PartitionsConfig {
             allowed_tables: Vec::new(),
             max_months_ahead: 24,
-            lock_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_millis(200),
+            lock_retries: 20,
+            batch_rows: 10_000,
+            retention_mode: RetentionMode::Drop,
+            archive_schema: None,
         }
     }
 }
@@ -391,6 +424,29 @@ impl JobsConfig {
                 "must be between 1 and 120",
             ));
         }
+        let p = &self.partitions;
+        if p.lock_timeout.is_zero() || p.lock_timeout > Duration::from_secs(60) {
+            // 0 would mean "wait forever" to PostgreSQL.
+            return Err(bad(
+                "partitions.lock_timeout",
+                "must be more than 0 and at most 1m",
+            ));
+        }
+        if p.batch_rows == 0 || p.batch_rows > 1_000_000 {
+            return Err(bad(
+                "partitions.batch_rows",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if let Some(s) = &p.archive_schema {
+            check_column("partitions.archive_schema", s)?;
+        }
+        if p.retention_mode == RetentionMode::Archive && p.archive_schema.is_none() {
+            return Err(bad(
+                "partitions.archive_schema",
+                "must be set when retention_mode = \"archive\"",
+            ));
+        }
         Ok(())
     }
 }
@@ -433,6 +489,10 @@ mod tests {
             [partitions]
             allowed_tables = ["app.events"]
             max_months_ahead = 6
+            lock_timeout = "500ms"
+            batch_rows = 5000
+            retention_mode = "archive"
+            archive_schema = "archive"
             "#,
         )
         .unwrap();
@@ -444,6 +504,8 @@ mod tests {
         assert_eq!(c.analytics.time_column, "ts");
         assert_eq!(c.matview.statement_timeout, Duration::from_secs(60));
         assert_eq!(c.partitions.max_months_ahead, 6);
+        assert_eq!(c.partitions.retention_mode, RetentionMode::Archive);
+        assert_eq!(c.partitions.lock_timeout, Duration::from_millis(500));
 
         let e = toml::from_str::<JobsConfig>("[partitions]\nmonths_ahead = 1")
             .unwrap_err()
@@ -493,5 +555,18 @@ mod tests {
         c.embed.openai.base_url = "ftp://x".into();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("jobs.embed.openai.base_url"), "{e}");
+
+        let mut c = JobsConfig::default();
+        c.partitions.retention_mode = RetentionMode::Archive;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("jobs.partitions.archive_schema"), "{e}");
+        c.partitions.archive_schema = Some("old\"; drop".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("jobs.partitions.archive_schema"), "{e}");
+        c.partitions.archive_schema = Some("archive".into());
+        c.validate().unwrap();
+        c.partitions.lock_timeout = Duration::ZERO;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("jobs.partitions.lock_timeout"), "{e}");
     }
 }

@@ -160,6 +160,16 @@ pub fn db_error(context: &str, e: sqlx::Error) -> JobError {
     }
 }
 
+/// Whether `e` is PostgreSQL giving up on a lock: `lock_timeout` expired (55P03) or the
+/// statement was chosen as a deadlock victim (40P01). Both leave nothing half done and are
+/// worth another attempt after a pause.
+pub fn is_lock_conflict(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("55P03" | "40P01")),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

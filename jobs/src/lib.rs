@@ -61,7 +61,7 @@ pub fn registry(pool: sqlx::PgPool, cfg: &JobsConfig) -> Result<Registry, SetupE
 pub fn validators(cfg: &JobsConfig) -> Result<Validators, SetupError> {
     cfg.validate()?;
     let max_window = cfg.analytics.max_window;
-    let max_months_ahead = cfg.partitions.max_months_ahead;
+    let partitions_cfg = cfg.partitions.clone();
     let mut v = Validators::new();
     v.insert(embed::KIND, embed::validate_payload)
         .insert(rollup::KIND, move |p| {
@@ -69,7 +69,7 @@ pub fn validators(cfg: &JobsConfig) -> Result<Validators, SetupError> {
         })
         .insert(matview::KIND, matview::validate_payload)
         .insert(partitions::KIND, move |p| {
-            partitions::validate_payload(p, max_months_ahead)
+            partitions::validate_payload(p, &partitions_cfg)
         })
         .insert(Noop.kind(), |_| Ok(()));
     Ok(v)

@@ -19,11 +19,7 @@ async fn setup() -> TestDb {
     let ep = EnsurePartitions::new(db.pool.clone(), &db.cfg.partitions).unwrap();
     let r = ep
         .ensure(
-            &PartitionsPayload {
-                table: db.t("analytics_events"),
-                months_ahead: 1,
-                retention_months: None,
-            },
+            &PartitionsPayload::new(db.t("analytics_events"), 1),
             at(2026, 11, 15, 0),
         )
         .await
