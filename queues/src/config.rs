@@ -104,8 +104,12 @@ impl BrokerConfig {
             )));
         }
         if let Some(u) = &self.url {
-            url::Url::parse(u)
-                .map_err(|e| QueueError::Config(format!("broker.url `{u}` is not a URL: {e}")))?;
+            url::Url::parse(u).map_err(|e| {
+                QueueError::Config(format!(
+                    "broker.url `{}` is not a URL: {e}",
+                    crate::error::redact_url(u)
+                ))
+            })?;
         }
         Ok(())
     }

@@ -89,16 +89,36 @@ impl QueueError {
     }
 }
 
-/// Hides the password of a URL for logs and error messages.
+/// Hides the password of a URL for logs and error messages: the one place every printed URL
+/// goes through. Both spellings PostgreSQL accepts are covered (`user:pw@host` and
+/// `?password=pw`); a string that does not parse as a URL still has whatever stands between
+/// `://` and the last `@` hidden, since it may be a password with an unescaped character.
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => raw.to_owned(),
+    const HIDDEN: &str = "***";
+    let Ok(mut u) = url::Url::parse(raw) else {
+        return match (raw.find("://"), raw.rfind('@')) {
+            (Some(s), Some(at)) if at > s + 3 => format!("{}{HIDDEN}{}", &raw[..s + 3], &raw[at..]),
+            _ => raw.to_owned(),
+        };
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some(HIDDEN));
     }
+    if u.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    HIDDEN.into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 /// A string error for places that have only a message.
@@ -133,6 +153,14 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+        assert_eq!(
+            redact_url("postgres://app@db:5432/x?password=secret&sslmode=require"),
+            "postgres://app@db:5432/x?password=***&sslmode=require"
+        );
+        // Not a URL (the port is not a number): the user-info part is hidden anyway.
+        let bad = redact_url("postgres://app:s3cret@db:port/x");
+        assert!(!bad.contains("s3cret"), "{bad}");
+        assert_eq!(bad, "postgres://***@db:port/x");
     }
 
     #[test]

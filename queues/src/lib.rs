@@ -33,6 +33,8 @@ pub mod queue_name;
 
 #[cfg(feature = "test-utils")]
 pub mod conformance;
+#[cfg(feature = "test-utils")]
+pub mod tcp_proxy;
 
 pub use broker::{
     Broker, Consumer, DeadLetters, Deliveries, Delivery, Depth, DlqEntry, DlqPage, DlqScan,
@@ -41,5 +43,5 @@ pub use broker::{
 pub use config::{BackendKind, BrokerConfig};
 pub use connect::connect;
 pub use envelope::{Envelope, EnvelopeError, ErrorRecord};
-pub use error::{QueueError, Result};
+pub use error::{QueueError, Result, redact_url};
 pub use queue_name::{InvalidQueueName, QueueName};

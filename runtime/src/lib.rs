@@ -1,7 +1,8 @@
 //! What the `worker` and `scheduler` binaries share, and nothing that runs jobs: the config
 //! file as plain data with its validation, logging and metrics set-up, the admin HTTP port
-//! (`/healthz`, `/readyz`, `/metrics`), the one shutdown token both binaries stop on, and the
-//! host id they put in error histories, leases and audit lines.
+//! (`/healthz`, `/readyz`, `/metrics`), the health of the services a process needs (a bounded
+//! connect at start, a monitor that `/readyz` reports), the one shutdown token both binaries
+//! stop on, and the host id they put in error histories, leases and audit lines.
 //!
 //! The `[jobs]` and `[retry]` sections belong to the job code; this crate carries them as raw
 //! TOML and the worker decodes them with the `jobs` crate's types (see `docs/decisions.md`,
@@ -9,6 +10,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod health;
 pub mod host;
 pub mod shutdown;
 pub mod telemetry;

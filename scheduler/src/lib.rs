@@ -31,6 +31,9 @@ pub enum SchedulerError {
     /// The config as a whole is invalid.
     #[error(transparent)]
     Config(#[from] runtime::ConfigError),
+    /// A service did not answer at start (names it, its URL and what to check).
+    #[error(transparent)]
+    Unreachable(#[from] runtime::health::Unreachable),
     /// The lease/ledger database.
     #[error("scheduler database: {0}")]
     Database(#[from] sqlx::Error),

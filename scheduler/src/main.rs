@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use runtime::Config;
 use scheduler::{Fired, runner};
@@ -49,27 +48,23 @@ async fn main() -> anyhow::Result<()> {
     let path = runtime::config::config_path(cli.config.as_deref());
     let cfg = Config::load(path.as_deref())?;
     runtime::telemetry::init_tracing(&cfg.log);
-    let pool = runner::connect_db(&cfg)
-        .await
-        .with_context(|| "connecting to database.url")?;
+    // Bounded by [scheduler] connect_timeout: an unreachable database or broker exits 1 naming
+    // it, instead of a scheduler that runs blind.
+    let pool = runner::connect_db(&cfg).await?;
     // Lease and ledger tables are needed before anything else; a first start applies the one
     // migrator (docs/decisions.md, "One migrator").
     migrations::ensure(&pool).await?;
-    let core = match cli.command {
-        // Listing reads the ledger only, so it works while the broker is down.
-        Command::List { .. } => runner::build_core_with(
-            &cfg,
-            pool.clone(),
-            &cli.lease_name,
-            Arc::new(runner::NoSend),
-        )?,
-        _ => runner::build_core(&cfg, pool.clone(), &cli.lease_name).await?,
+    let core = |producer: Arc<dyn queues::Producer>| {
+        runner::build_core_with(&cfg, pool.clone(), &cli.lease_name, producer)
     };
     match cli.command {
         Command::Run => {
-            runner::serve(&cfg, core, pool).await?;
+            let broker = runner::connect_broker(&cfg).await?;
+            runner::serve(&cfg, core(broker.clone())?, broker).await?;
         }
+        // Listing reads the ledger only, so it works while the broker is down.
         Command::List { json } => {
+            let core = core(Arc::new(runner::NoSend))?;
             let rows = core.overview(chrono::Utc::now(), 3).await?;
             let leader = core.lease().current_holder().await?;
             if json {
@@ -81,10 +76,13 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Trigger { name } => match core.trigger(&name, chrono::Utc::now()).await? {
-            Fired::Enqueued(id) => println!("enqueued {name}: job {id}"),
-            other => anyhow::bail!("{name} was not enqueued: {other}"),
-        },
+        Command::Trigger { name } => {
+            let core = core(runner::connect_broker(&cfg).await?)?;
+            match core.trigger(&name, chrono::Utc::now()).await? {
+                Fired::Enqueued(id) => println!("enqueued {name}: job {id}"),
+                other => anyhow::bail!("{name} was not enqueued: {other}"),
+            }
+        }
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `scheduler run`: wires tokio-cron-scheduler, the lease loop, the signals and the admin port
-//! around the [`Core`].
+//! `scheduler run`: wires tokio-cron-scheduler, the lease loop, the signals, the admin port and
+//! the health monitor around the [`Core`]; and the bounded start-up connects every command uses.
 //!
 //! Each schedule becomes one tokio-cron-scheduler job whose only work is
 //! `core.on_tick(name, now)`: the precise, low-latency path. Independently, every lease/3 the
@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use queues::Producer;
-use runtime::admin::ReadyCheck;
+use queues::{Broker, Producer};
+use runtime::health::{self, Health, StartError};
 use runtime::{Config, Shutdown};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -23,23 +23,26 @@ use crate::SchedulerError;
 use crate::core::{Core, CoreOptions};
 use crate::schedule::CompiledSchedule;
 
-/// Connects to `database.url` with the few connections the scheduler needs.
+/// Connects to `database.url` with the few connections the scheduler needs, first checking
+/// within `[scheduler] connect_timeout` that the database answers (the error names it, its
+/// URL with the password hidden, and what to check).
 pub async fn connect_db(cfg: &Config) -> Result<PgPool, SchedulerError> {
+    let url = &cfg.database.url;
+    health::database::connect(url, cfg.scheduler.connect_timeout).await?;
     Ok(PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(&cfg.database.url)
-        .await?)
+        .connect_lazy(url)?)
 }
 
-/// Builds the core from the config: schedules validated, broker connected.
-pub async fn build_core(
-    cfg: &Config,
-    pool: PgPool,
-    lease_name: &str,
-) -> Result<Arc<Core>, SchedulerError> {
-    let broker = queues::connect(&cfg.broker()).await?;
-    build_core_with(cfg, pool, lease_name, broker)
+/// Connects the broker within `[scheduler] connect_timeout`.
+pub async fn connect_broker(cfg: &Config) -> Result<Arc<dyn Broker>, SchedulerError> {
+    health::broker::connect(&cfg.broker(), cfg.scheduler.connect_timeout)
+        .await
+        .map_err(|e| match e {
+            StartError::Fatal(e) => SchedulerError::Queue(e),
+            StartError::Unreachable(u) => SchedulerError::Unreachable(u),
+        })
 }
 
 /// Builds the core with a given producer (tests; [`NoSend`] for read-only commands).
@@ -72,20 +75,44 @@ impl Producer for NoSend {
     }
 }
 
-/// `scheduler run`: the admin port, and [`run`] until the first SIGTERM/Ctrl-C (a second one
-/// exits at once with 130: the shared `runtime::Shutdown` path).
-pub async fn serve(cfg: &Config, core: Arc<Core>, pool: PgPool) -> Result<(), SchedulerError> {
+/// `scheduler run`: the admin port, the health monitor of the database and the broker (every
+/// lease/3, when the lease is renewed anyway), and [`run`] until the first SIGTERM/Ctrl-C (a
+/// second one exits at once with 130: the shared `runtime::Shutdown` path).
+pub async fn serve(
+    cfg: &Config,
+    core: Arc<Core>,
+    broker: Arc<dyn Broker>,
+) -> Result<(), SchedulerError> {
     let shutdown = Shutdown::new();
     shutdown.on_signals(|| {
         tracing::info!("signal received: stopping (send it again to exit at once)");
     });
-    // The admin port stops after the loops, so /healthz answers while the lease is let go.
+    let health = Health::new();
+    let url = &cfg.database.url;
+    health.watch(
+        health::database::SERVICE,
+        url,
+        health::database::prober(url, None),
+    );
+    health.watch(
+        health::broker::SERVICE,
+        &broker.url(),
+        health::broker::prober(broker),
+    );
+    // The admin port and the monitor stop after the loops, so /healthz answers while the
+    // lease is let go.
     let admin_stop = Shutdown::new();
+    let stopped = admin_stop.clone();
+    let monitor = tokio::spawn(health.clone().monitor(
+        core.lease().duration() / 3,
+        cfg.scheduler.connect_timeout,
+        async move { stopped.wait().await },
+    ));
     let stopped = admin_stop.clone();
     let (addr, admin) = runtime::admin::serve(
         cfg.scheduler.admin_addr,
         runtime::telemetry::metrics_handle(),
-        ready_check(pool),
+        health.ready_check(),
         async move { stopped.wait().await },
     )
     .await?;
@@ -93,6 +120,7 @@ pub async fn serve(cfg: &Config, core: Arc<Core>, pool: PgPool) -> Result<(), Sc
     run(core, shutdown.wait()).await?;
     admin_stop.trigger();
     let _ = admin.await;
+    let _ = monitor.await;
     Ok(())
 }
 
@@ -177,18 +205,4 @@ pub async fn run(
         tracing::warn!(error = %e, "stopping tokio-cron-scheduler");
     }
     core.release().await
-}
-
-/// `/readyz`: the lease database answers.
-pub fn ready_check(pool: PgPool) -> ReadyCheck {
-    Arc::new(move || {
-        let pool = pool.clone();
-        Box::pin(async move {
-            sqlx::query("SELECT 1")
-                .execute(&pool)
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("database: {e}"))
-        })
-    })
 }

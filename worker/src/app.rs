@@ -1,6 +1,7 @@
 //! Start-up wiring, written once: load the config (and decode the job sections), connect the
-//! broker, build the registry or only the payload checks, and assemble a running worker with
-//! its admin port and CloudWatch publisher. `worker run` and `worker demo` start the worker
+//! broker and the database within `[worker] connect_timeout` (a worker never starts blind),
+//! build the registry or only the payload checks, and assemble a running worker with its admin
+//! port, its health monitor and CloudWatch publisher. `worker run` and `worker demo` start the worker
 //! through [`App`]; the operator commands take what they need from here.
 
 use std::path::Path;
@@ -25,9 +26,10 @@ pub fn load(flag: Option<&Path>) -> Result<(Config, JobSettings), CliError> {
     Ok((cfg, settings))
 }
 
-/// Connects to the configured broker; the error names the backend and URL.
+/// Connects to the configured broker within `[worker] connect_timeout`; the error names the
+/// backend, the URL (password hidden) and what to check.
 pub async fn connect(cfg: &Config) -> Result<Arc<dyn Broker>, CliError> {
-    Ok(queues::connect(&cfg.broker()).await?)
+    Ok(runtime::health::broker::connect(&cfg.broker(), cfg.worker.connect_timeout).await?)
 }
 
 /// The kinds this process runs: the built-in handlers on the application database (this is
@@ -106,22 +108,31 @@ pub enum Serve {
     PoolsOnly,
 }
 
-/// A worker ready to start: config, broker and registry.
+/// A worker ready to start: config, broker, registry and the database connection its health
+/// monitor keeps.
 pub struct App {
     cfg: Config,
     broker: Arc<dyn Broker>,
     registry: Registry,
+    database: sqlx::PgConnection,
 }
 
 impl App {
-    /// Connects the broker and builds the registry.
+    /// Connects the broker, builds the registry and connects the jobs' database, each within
+    /// `[worker] connect_timeout`.
     pub async fn new(cfg: Config, settings: &JobSettings) -> Result<App, CliError> {
         let broker = connect(&cfg).await?;
         let registry = build_registry(&cfg, settings)?;
+        // The handlers' pool connects lazily; without this, an unreachable database would
+        // only show as every job failing.
+        let database =
+            runtime::health::database::connect(&cfg.database.url, cfg.worker.connect_timeout)
+                .await?;
         Ok(App {
             cfg,
             broker,
             registry,
+            database,
         })
     }
 
@@ -138,11 +149,18 @@ impl App {
             cfg,
             broker,
             registry,
+            database,
         } = self;
         let admin_addr = cfg.worker.admin_addr;
         let cloudwatch = cfg.cloudwatch.clone();
         let queue_names: Vec<String> = cfg.queues.keys().cloned().collect();
+        let db_url = cfg.database.url.clone();
         let worker = Worker::new(cfg, broker.clone(), registry);
+        worker.health().watch(
+            runtime::health::database::SERVICE,
+            &db_url,
+            runtime::health::database::prober(&db_url, Some(database)),
+        );
         if serve == Serve::PoolsOnly {
             return Ok(worker.run(shutdown).await?);
         }

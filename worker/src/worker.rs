@@ -11,6 +11,7 @@ use queues::{Broker, QueueError, QueueSpec};
 use tokio::sync::watch;
 
 use runtime::admin::{self, ReadyCheck};
+use runtime::health::Health;
 use runtime::{Config, Shutdown};
 
 use crate::control::control_loop;
@@ -65,6 +66,7 @@ pub struct Worker {
     broker: Arc<dyn Broker>,
     runner: Arc<Runner>,
     pools: Arc<Vec<Arc<Pool>>>,
+    health: Health,
 }
 
 impl Worker {
@@ -81,12 +83,25 @@ impl Worker {
             .iter()
             .map(|(name, q)| Arc::new(Pool::new(name.clone(), q.clone(), shared.clone())))
             .collect();
+        let health = Health::new();
+        health.watch(
+            runtime::health::broker::SERVICE,
+            &broker.url(),
+            runtime::health::broker::prober(broker.clone()),
+        );
         Worker {
             runner: Arc::new(Runner::new(Arc::new(registry), id)),
             cfg,
             broker,
             pools: Arc::new(pools),
+            health,
         }
+    }
+
+    /// The services this worker needs, probed every `worker.sample_interval` while it runs;
+    /// the broker is already there, the caller adds the others (the jobs' database).
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// The worker id in error histories.
@@ -101,15 +116,15 @@ impl Worker {
         }
     }
 
-    /// `/readyz`: the broker answers and every pool is receiving.
+    /// `/readyz`: every service answered its last probe and every pool is receiving.
     pub fn ready_check(&self) -> ReadyCheck {
-        let broker = self.broker.clone();
+        let health = self.health.clone();
         let view = self.view();
         Arc::new(move || {
-            let broker = broker.clone();
+            let status = health.status();
             let view = view.clone();
             Box::pin(async move {
-                broker.ping().await.map_err(|e| e.to_string())?;
+                status?;
                 if !view.all_receiving() {
                     return Err("pools are not running (starting up or draining)".into());
                 }
@@ -163,6 +178,12 @@ impl Worker {
             budget = w.budget,
             "worker started"
         );
+        let s = shutdown.clone();
+        let monitor = tokio::spawn(self.health.clone().monitor(
+            w.sample_interval,
+            w.connect_timeout,
+            async move { s.wait().await },
+        ));
         let control = tokio::spawn(control_loop(
             self.broker.clone(),
             self.pools.to_vec(),
@@ -196,6 +217,7 @@ impl Worker {
                 let _ = l.await;
             }
             let _ = control.await;
+            let _ = monitor.await;
         });
         let mut loops_done = false;
         let drain = async {

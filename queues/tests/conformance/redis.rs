@@ -60,9 +60,8 @@ queues::conformance_suite!(Redis::new());
 
 use std::time::Duration;
 
+use queues::tcp_proxy::TcpProxy;
 use queues::{Envelope, QueueSpec};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 async fn declared(h: &Redis, vis: Duration) -> anyhow::Result<(Arc<dyn Broker>, String)> {
@@ -152,52 +151,19 @@ async fn stale_lease_cannot_settle() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A TCP proxy in front of Redis that can be "restarted", to cut every connection the way a
-/// Redis restart does without disturbing the shared server.
-struct Proxy {
-    port: u16,
-    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(port: u16) -> anyhow::Result<Proxy> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        let port = listener.local_addr()?.port();
-        let tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let inner = tasks.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut up) = TcpStream::connect(("127.0.0.1", 6379)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
-                inner.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-            }
-        });
-        tasks.lock().unwrap_or_else(|p| p.into_inner()).push(accept);
-        Ok(Proxy { port, tasks })
-    }
-
-    fn stop(&self) {
-        for t in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            t.abort();
-        }
-    }
+/// A proxy in front of Redis: stopping it cuts every connection the way a Redis restart does,
+/// without disturbing the shared server.
+async fn redis_proxy(port: u16) -> anyhow::Result<TcpProxy> {
+    Ok(TcpProxy::start(port, "127.0.0.1:6379".parse()?).await?)
 }
 
 /// Redis goes away and comes back: operations in between fail with an error naming the URL,
 /// the same broker reconnects by itself, and no message is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reconnects_after_restart() -> anyhow::Result<()> {
-    let proxy = Proxy::start(0).await?;
+    let proxy = redis_proxy(0).await?;
     let mut h = Redis::new();
-    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    let url = format!("redis://127.0.0.1:{}", proxy.port());
     h.cfg.url = Some(url.clone());
     let (b, q) = declared(&h, Duration::from_secs(30)).await?;
     let before = Envelope::new("k", &q, serde_json::json!({"n": 1}));
@@ -215,7 +181,7 @@ async fn reconnects_after_restart() -> anyhow::Result<()> {
         "error does not name {url}: {err}"
     );
 
-    let proxy = Proxy::start(proxy.port).await?;
+    let proxy = proxy.restart().await?;
     let after = Envelope::new("k", &q, serde_json::json!({"n": 2}));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -106,6 +106,11 @@ pub struct WorkerConfig {
     pub receive_wait: Duration,
     /// Admin HTTP address: `/healthz`, `/readyz`, `/metrics` (env `JOBFLEET_ADMIN_ADDR`).
     pub admin_addr: SocketAddr,
+    /// How long `worker run` waits at start for the broker and the database to answer before
+    /// it exits 1 naming the one that did not; also the bound of each health probe while
+    /// running (every `sample_interval`).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Worker id in error history and logs; default `hostname/pid`.
     pub id: Option<String>,
 }
@@ -119,6 +124,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             receive_wait: Duration::from_secs(5),
             admin_addr: "127.0.0.1:9090".parse().expect("valid literal"),
+            connect_timeout: Duration::from_secs(5),
             id: None,
         }
     }
@@ -388,6 +394,8 @@ impl Config {
         for (d, key) in [
             (self.worker.sample_interval, "worker.sample_interval"),
             (self.worker.receive_wait, "worker.receive_wait"),
+            (self.worker.connect_timeout, "worker.connect_timeout"),
+            (self.scheduler.connect_timeout, "scheduler.connect_timeout"),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be more than 0s"));
@@ -495,6 +503,11 @@ mod tests {
                 .to_string()
                 .contains("storage_resolution")
         );
+        let cfg = Config::parse("[worker]\nconnect_timeout = \"0s\"\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("worker.connect_timeout"), "{err}");
+        let cfg = Config::parse("[scheduler]\nconnect_timeout = \"2s\"\n").unwrap();
+        assert_eq!(cfg.scheduler.connect_timeout, Duration::from_secs(2));
     }
 
     #[test]

@@ -58,8 +58,13 @@ pub struct SchedulerConfig {
     /// Leader lease length; a dead leader is replaced within this.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
-    /// Admin HTTP address of the scheduler (`/healthz`, `/metrics`).
+    /// Admin HTTP address of the scheduler (`/healthz`, `/readyz`, `/metrics`).
     pub admin_addr: SocketAddr,
+    /// How long the scheduler waits at start for its database (lease, ledger) and, for `run`
+    /// and `trigger`, the broker, before it exits 1 naming the one that did not answer; also
+    /// the bound of each health probe while running (every lease/3).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// The cron entries.
     pub schedules: Vec<Schedule>,
 }
@@ -69,6 +74,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             lease: Duration::from_secs(15),
             admin_addr: "127.0.0.1:9091".parse().expect("valid literal"),
+            connect_timeout: Duration::from_secs(5),
             schedules: default_schedules(),
         }
     }

@@ -2,6 +2,7 @@
 
 use queues::QueueError;
 use runtime::ConfigError;
+use runtime::health::{StartError, Unreachable};
 
 use crate::worker::WorkerError;
 
@@ -18,12 +19,24 @@ pub enum CliError {
     /// The broker or database said no.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A service the command needs (broker, database) did not answer at start.
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
     /// The worker could not start.
     #[error(transparent)]
     Worker(#[from] WorkerError),
     /// Anything else that went wrong while doing the work.
     #[error("{0}")]
     Failed(String),
+}
+
+impl From<StartError<QueueError>> for CliError {
+    fn from(e: StartError<QueueError>) -> Self {
+        match e {
+            StartError::Fatal(e) => CliError::Queue(e),
+            StartError::Unreachable(u) => CliError::Unreachable(u),
+        }
+    }
 }
 
 impl CliError {
