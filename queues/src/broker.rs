@@ -166,6 +166,17 @@ pub trait Delivery: Send + Sync {
     /// Move it to the queue's DLQ with `reason`. `updated` (history grown) replaces the body when
     /// given; a malformed body is dead-lettered as it came.
     async fn dead_letter(&self, updated: Option<&Envelope>, reason: &str) -> Result<()>;
+
+    /// Whether a settle (`ack`, `nack`, `retry`, `dead_letter`) that failed because the broker
+    /// was unreachable may simply be called again, with the same arguments, while the lease
+    /// lasts: the lease is named by something that outlives a connection (row id + lease
+    /// token, message id + receive count, a receipt handle), and a repeated call can neither
+    /// settle a newer delivery nor write a second copy. False (the default) where the lease
+    /// dies with the connection (a RabbitMQ delivery tag): the broker has already taken the
+    /// message back, so there is nothing left to retry.
+    fn settle_retryable(&self) -> bool {
+        false
+    }
 }
 
 /// Enqueues jobs.

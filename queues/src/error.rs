@@ -80,6 +80,13 @@ impl QueueError {
         }
     }
 
+    /// Whether this is the broker being out of reach (connection refused, reset, timed out)
+    /// rather than an answer from it. The one case where repeating a settle on the same lease
+    /// can help; a `LeaseLost` or a refusal would only fail again.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, QueueError::Unavailable { .. })
+    }
+
     /// Whether retrying the same operation later can succeed.
     pub fn is_transient(&self) -> bool {
         matches!(
@@ -170,5 +177,12 @@ mod tests {
         assert!(s.contains("redis at redis://:***@h:1"), "{s}");
         assert!(s.contains("refused"));
         assert!(e.is_transient());
+        assert!(e.is_unreachable());
+        let lost = QueueError::LeaseLost {
+            backend: "redis",
+            id: "j1".into(),
+        };
+        assert!(!lost.is_unreachable());
+        assert!(!QueueError::backend("redis", "ack", Msg("no".into())).is_unreachable());
     }
 }

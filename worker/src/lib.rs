@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod diag;
 pub mod flag;
+pub mod lease;
 pub mod ledger;
 pub mod pool;
 pub mod runner;

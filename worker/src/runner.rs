@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::flag::until_set;
+use crate::lease::LeaseClock;
 pub use crate::ledger::Settled;
 use crate::ledger::{self, MALFORMED_LABEL, UNKNOWN_LABEL};
 use crate::settle::settle;
@@ -47,13 +48,16 @@ impl Drop for AbortOnDrop {
 }
 
 /// Extends the lease every half visibility until it is lost; returns then. Transient errors
-/// are retried on the next beat: the lease may still be alive.
-async fn heartbeat(delivery: &dyn Delivery, visibility: Duration) {
+/// are retried on the next beat: the lease may still be alive. Each success moves `lease`, which
+/// bounds how long a failed settle is retried afterwards.
+async fn heartbeat(delivery: &dyn Delivery, lease: &LeaseClock) {
+    let visibility = lease.visibility();
     let every = (visibility / 2).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(every).await;
+        let asked = Instant::now();
         match delivery.extend(visibility).await {
-            Ok(()) => {}
+            Ok(()) => lease.renewed(asked),
             Err(e @ QueueError::LeaseLost { .. }) => {
                 tracing::warn!(error = %e, "lease lost while the job ran; cancelling it");
                 return;
@@ -93,6 +97,7 @@ impl Runner {
         delivery: Box<dyn Delivery>,
         abort: watch::Receiver<bool>,
     ) -> Settled {
+        let lease = LeaseClock::started(visibility);
         let msg = delivery.message();
         let env = match msg.envelope() {
             Ok(e) => e.clone(),
@@ -101,7 +106,7 @@ impl Runner {
                     tracing::warn_span!("job", job_id = %msg.id(), queue, kind = MALFORMED_LABEL);
                 let outcome = Outcome::Malformed(parse.to_string());
                 return self
-                    .finish(&*delivery, None, None, MALFORMED_LABEL, outcome)
+                    .finish(&*delivery, &lease, None, None, MALFORMED_LABEL, outcome)
                     .instrument(span)
                     .await;
             }
@@ -114,13 +119,20 @@ impl Runner {
                     known: self.registry.kinds().map(str::to_owned).collect(),
                 };
                 return self
-                    .finish(&*delivery, Some(env), None, UNKNOWN_LABEL, outcome)
+                    .finish(&*delivery, &lease, Some(env), None, UNKNOWN_LABEL, outcome)
                     .await;
             };
-            let outcome = attempt(queue, visibility, &*delivery, &env, reg, abort).await;
+            let outcome = attempt(queue, &lease, &*delivery, &env, reg, abort).await;
             let kind = env.kind.clone();
-            self.finish(&*delivery, Some(env), Some(&reg.policy), &kind, outcome)
-                .await
+            self.finish(
+                &*delivery,
+                &lease,
+                Some(env),
+                Some(&reg.policy),
+                &kind,
+                outcome,
+            )
+            .await
         }
         .instrument(span)
         .await
@@ -130,6 +142,7 @@ impl Runner {
     async fn finish(
         &self,
         delivery: &dyn Delivery,
+        lease: &LeaseClock,
         env: Option<Envelope>,
         policy: Option<&jobs::RetryPolicy>,
         kind: &str,
@@ -137,7 +150,7 @@ impl Runner {
     ) -> Settled {
         let v = verdict(env.as_ref(), policy, &outcome, rand::random::<f64>());
         log_decision(&outcome, &v);
-        if !settle(delivery, env, &v, &self.worker_id).await {
+        if !settle(delivery, env, &v, &self.worker_id, lease).await {
             return Settled::Abandoned;
         }
         match v {
@@ -158,7 +171,7 @@ impl Runner {
 /// handler's run in a task of its own, raced against the heartbeat and the abort flag.
 async fn attempt(
     queue: &str,
-    visibility: Duration,
+    lease: &LeaseClock,
     delivery: &dyn Delivery,
     env: &Envelope,
     reg: &Registered,
@@ -195,7 +208,7 @@ async fn attempt(
             Ok(Err(join)) => Outcome::Panicked(format!("handler task ended: {join}")),
         },
         // Not settled: the redelivered twin owns the job now.
-        _ = heartbeat(delivery, visibility) => return Outcome::LeaseLost,
+        _ = heartbeat(delivery, lease) => return Outcome::LeaseLost,
         _ = until_set(&mut abort) => return Outcome::Shutdown,
     };
     ledger::ran(queue, &env.kind, started.elapsed());

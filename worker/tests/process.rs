@@ -13,7 +13,7 @@ use common::{TestBroker, real_brokers, wait_until};
 use jobs::Registry;
 use queues::conformance::unique_queue;
 use queues::{BrokerConfig, Envelope, QueueSpec};
-use serde_json::json;
+use serde_json::{Value, json};
 use worker::stats::SnapshotSource;
 use worker::{Shutdown, Worker};
 
@@ -69,6 +69,10 @@ impl Drop for Proc {
 }
 
 fn spawn_worker(config: &Path) -> Proc {
+    spawn_worker_with(config, Stdio::inherit())
+}
+
+fn spawn_worker_with(config: &Path, stderr: Stdio) -> Proc {
     Proc(
         Command::new(env!("CARGO_BIN_EXE_worker"))
             .arg("--config")
@@ -80,7 +84,7 @@ fn spawn_worker(config: &Path) -> Proc {
             .env_remove("JOBFLEET_BROKER_BACKEND")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn the worker binary"),
     )
@@ -284,4 +288,84 @@ async fn binary_exits_zero_on_sigterm_and_reports_bad_config_with_code_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("budgett"), "{err}");
+}
+
+/// Issue 15 item 2: a worker on RabbitMQ, idle, then busy with successes, retries through the
+/// delay buckets, delayed sends and dead-letters, then idle again, writes no ERROR line (its
+/// depth checks used to probe every possible delay bucket, and each missing one closed a
+/// channel with an ERROR from lapin: ~500 lines per 20 s idle).
+#[tokio::test]
+async fn rabbitmq_worker_logs_no_error_line_idle_or_busy() {
+    let tb = real_brokers()
+        .await
+        .into_iter()
+        .find(|b| b.name == "rabbitmq")
+        .expect("rabbitmq backend");
+    let q = unique_queue("quiet");
+    declare(&tb, &q).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &tb.config, &q, 10);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text += &format!(
+        "diag_fail = \"{q}\"\n\n[log]\nformat = \"json\"\n\n\
+         [retry.diag_fail]\nmax_attempts = 3\nbackoff_base = \"1s\"\nbackoff_cap = \"2s\"\ntimeout = \"9s\"\n"
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = spawn_worker_with(&cfg, Stdio::piped());
+    let stderr = child.0.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+
+    // Idle: the pools sample depth every 200 ms.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Busy.
+    let mut batch: Vec<Envelope> = (0..20)
+        .map(|_| Envelope::new("diag_sleep", &q, json!({"ms": 50})))
+        .collect();
+    batch.extend((0..5).map(|_| Envelope::new("diag_fail", &q, json!({"message": "flaky"}))));
+    batch.extend((0..3).map(|_| {
+        let mut e = Envelope::new("diag_sleep", &q, json!({"ms": 10}));
+        e.run_at = Some(chrono::Utc::now() + chrono::Duration::seconds(2));
+        e
+    }));
+    tb.broker.send_batch(&batch).await.unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the failing jobs dead-lettered",
+        || async { tb.broker.depth(&q).await.unwrap().dead_lettered == 5 },
+    )
+    .await;
+    // Idle again, now with delay buckets in use.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    let lines = lines.join().unwrap();
+
+    let events: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let count = |message: &str| events.iter().filter(|e| e["message"] == message).count();
+    // The capture works and the run did what it should: every good job ran, failures retried.
+    assert_eq!(count("job succeeded"), 23, "{lines:#?}");
+    assert_eq!(count("job failed; retrying"), 10, "{lines:#?}");
+    let errors: Vec<&String> = lines
+        .iter()
+        .zip(lines.iter().map(|l| serde_json::from_str::<Value>(l).ok()))
+        .filter(|(_, e)| e.as_ref().is_some_and(|e| e["level"] == "ERROR"))
+        .map(|(l, _)| l)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} ERROR lines: {errors:#?}",
+        errors.len()
+    );
+    let d = tb.broker.depth(&q).await.unwrap();
+    assert_eq!((d.visible, d.dead_lettered), (0, 5));
 }

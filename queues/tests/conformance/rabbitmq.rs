@@ -181,6 +181,40 @@ mod extra {
         Ok(())
     }
 
+    /// `depth` probes only buckets known to exist (no 404 channel closes, issue 15): the one
+    /// this process declared, and one another process declared once a message has come out of
+    /// it here. Both count delayed messages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn depth_counts_buckets_declared_here_or_seen_in_use() -> anyhow::Result<()> {
+        use queues::{Inspector, Producer};
+        let h = Rabbit::new();
+        let producer = RabbitBroker::connect(&h.config(&h.url)).await?;
+        let consumer = RabbitBroker::connect(&h.config(&h.url)).await?;
+        let q = unique_queue("buckets");
+        producer.declare(&QueueSpec::new(&q)).await?;
+        consumer.declare(&QueueSpec::new(&q)).await?;
+        // 1 s: one pass through the 1 s bucket, no second hop (which would declare it here).
+        let delayed = |ms: i64| {
+            let mut e = Envelope::new("k", &q, json!({}));
+            e.run_at = Some(chrono::Utc::now() + chrono::Duration::milliseconds(ms));
+            e
+        };
+        producer.send(&delayed(1000)).await?;
+        ensure!(
+            producer.depth(&q).await?.delayed == 1,
+            "declared here, not counted"
+        );
+        // The consumer learns the bucket from the message that came out of it.
+        receive_one(&consumer, &q).await?.ack().await?;
+        producer.send(&delayed(1000)).await?;
+        let d = consumer.depth(&q).await?;
+        ensure!(d.delayed == 1, "bucket seen in use not counted: {d:?}");
+        receive_one(&consumer, &q).await?.ack().await?;
+        let d = consumer.depth(&q).await?;
+        ensure!(d.delayed + d.visible == 0, "{d:?}");
+        Ok(())
+    }
+
     /// A job another client published straight to the queue with a future `run_at` waits for it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn foreign_run_at_is_honoured() -> anyhow::Result<()> {

@@ -62,6 +62,12 @@ impl Delivery for PgDelivery {
         &self.msg
     }
 
+    /// Every settle matches `(id, lease)` in one statement: repeating one that failed in
+    /// transit either lands or finds the lease gone, never touches a newer delivery.
+    fn settle_retryable(&self) -> bool {
+        true
+    }
+
     async fn ack(&self) -> Result<()> {
         let (done, result) = oneshot::channel();
         let req = AckRequest {

@@ -243,6 +243,9 @@ async fn forward(
                 break;
             }
         };
+        if let Some(inner) = inner.upgrade() {
+            inner.saw_delivery(&queue, &d);
+        }
         let remaining_ms = not_before(&d).map_or(0, |nb| nb - Utc::now().timestamp_millis());
         if remaining_ms > util::millis_i64(topology::HOP_SLACK) {
             let Some(inner) = inner.upgrade() else { break };

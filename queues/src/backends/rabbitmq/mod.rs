@@ -64,6 +64,11 @@ pub(crate) struct Inner {
     declared: Mutex<HashSet<String>>,
     /// Delay buckets and when they were last declared (which renews their `x-expires`).
     buckets: Mutex<HashMap<String, Instant>>,
+    /// Delay buckets known to exist, per job queue (bucket exponent → exists at least until):
+    /// the ones this process declared, and the ones messages have come out of. `depth` looks
+    /// only at these, since asking the broker about a missing queue closes the channel with
+    /// an error (which lapin logs at ERROR: hundreds of lines a minute from an idle worker).
+    live_buckets: Mutex<HashMap<String, HashMap<u32, Instant>>>,
     visibility: Mutex<HashMap<String, Duration>>,
     /// Deliveries handed out and not settled, per queue (this process only).
     in_flight: Mutex<HashMap<String, Arc<AtomicU64>>>,
@@ -132,6 +137,7 @@ impl RabbitBroker {
                 consumers: tokio::sync::Mutex::new(HashMap::new()),
                 declared: Mutex::new(HashSet::new()),
                 buckets: Mutex::new(HashMap::new()),
+                live_buckets: Mutex::new(HashMap::new()),
                 visibility: Mutex::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 list_sessions: tokio::sync::Mutex::new(HashMap::new()),
@@ -293,12 +299,61 @@ impl Inner {
                     .is_some_and(|at| at.elapsed() < renew_after);
                 if !fresh {
                     let args = topology::bucket_args(&self.names.main(q), *exp);
+                    let asked = Instant::now();
                     self.declare_one(c, &name, args).await?;
-                    lock(&self.buckets).insert(name, Instant::now());
+                    lock(&self.buckets).insert(name, asked);
+                    self.bucket_lives(q, *exp, asked + topology::bucket_expiry(*exp));
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Records that bucket `exp` of `queue` exists until `until` at least.
+    pub(crate) fn bucket_lives(&self, queue: &str, exp: u32, until: Instant) {
+        let mut live = lock(&self.live_buckets);
+        let at = live
+            .entry(queue.to_owned())
+            .or_default()
+            .entry(exp)
+            .or_insert(until);
+        *at = (*at).max(until);
+    }
+
+    /// The buckets of `queue` known to exist now (forgetting the ones that may have expired).
+    fn live_buckets(&self, queue: &str) -> Vec<u32> {
+        let now = Instant::now();
+        let mut live = lock(&self.live_buckets);
+        let Some(of_queue) = live.get_mut(queue) else {
+            return Vec::new();
+        };
+        of_queue.retain(|_, until| *until > now);
+        let mut exps: Vec<u32> = of_queue.keys().copied().collect();
+        exps.sort_unstable();
+        exps
+    }
+
+    /// Learns the buckets a delivery came out of: whoever declared one, it still exists for a
+    /// while after a message left it. Its `x-expires` runs from the last declare, which came at
+    /// most a quarter of the expiry before the publish (see `ensure_target`), and the message
+    /// then waited out the bucket's TTL; expiry is 2 × TTL + 10 min, so half the TTL plus 150 s
+    /// from now is safely inside the bucket's life.
+    pub(crate) fn saw_delivery(&self, queue: &str, d: &lapin::message::Delivery) {
+        for exp in topology::buckets_passed(&self.names, queue, d.properties.headers().as_ref()) {
+            let ttl = Duration::from_secs(1u64 << exp);
+            self.bucket_lives(
+                queue,
+                exp,
+                Instant::now() + ttl / 2 + Duration::from_secs(150),
+            );
+        }
+    }
+
+    fn bucket_gone(&self, queue: &str, exp: u32) {
+        if let Some(of_queue) = lock(&self.live_buckets).get_mut(queue) {
+            of_queue.remove(&exp);
+        }
+        lock(&self.buckets).remove(&self.names.bucket(queue, exp));
     }
 
     fn forget(&self, t: &Target) {
@@ -411,8 +466,14 @@ impl Inner {
     }
 
     /// Message count (ready only) of a queue, 0 when it does not exist. Uses `ch`, replacing it
-    /// when the broker closes it over a missing queue.
+    /// when the broker closes it over a missing queue. Only for queues expected to exist: a
+    /// missing one costs the channel and an ERROR line from lapin.
     async fn ready_count(&self, ch: &mut Channel, name: &str) -> Result<u64> {
+        Ok(self.count_if_exists(ch, name).await?.unwrap_or(0))
+    }
+
+    /// Like [`ready_count`](Self::ready_count), but `None` when the queue does not exist.
+    async fn count_if_exists(&self, ch: &mut Channel, name: &str) -> Result<Option<u64>> {
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
@@ -421,10 +482,10 @@ impl Inner {
             .queue_declare(name.into(), passive, FieldTable::default())
             .await
         {
-            Ok(q) => Ok(u64::from(q.message_count())),
+            Ok(q) => Ok(Some(u64::from(q.message_count()))),
             Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => {
                 *ch = self.channel().await?;
-                Ok(0)
+                Ok(None)
             }
             Err(e) => Err(self.err("queue.declare", e)),
         }
@@ -519,10 +580,13 @@ impl Inspector for RabbitBroker {
         let ready = inner.ready_count(&mut ch, &inner.names.main(queue)).await?;
         let dead = inner.ready_count(&mut ch, &inner.names.dlq(queue)).await?;
         let mut delayed = 0;
-        for exp in 0..=topology::MAX_BUCKET_EXP {
-            delayed += inner
-                .ready_count(&mut ch, &inner.names.bucket(queue, exp))
-                .await?;
+        for exp in inner.live_buckets(queue) {
+            let name = inner.names.bucket(queue, exp);
+            match inner.count_if_exists(&mut ch, &name).await? {
+                Some(n) => delayed += n,
+                // Deleted behind our back (or expired early): not probed again until used.
+                None => inner.bucket_gone(queue, exp),
+            }
         }
         let _ = ch.close(200, "depth done".into()).await;
         let buffered = consume::buffered(inner, queue).await;

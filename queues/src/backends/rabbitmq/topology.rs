@@ -66,6 +66,37 @@ impl Names {
     }
 }
 
+impl Names {
+    /// The exponent of a bucket name of `queue` (`<ns>.<queue>.delay.<2^exp>s`), if it is one.
+    pub fn bucket_exp(&self, queue: &str, name: &str) -> Option<u32> {
+        let secs: u64 = name
+            .strip_prefix(&self.main(queue))?
+            .strip_prefix(".delay.")?
+            .strip_suffix('s')?
+            .parse()
+            .ok()?;
+        let exp = secs.checked_ilog2()?;
+        (secs.is_power_of_two() && exp <= MAX_BUCKET_EXP).then_some(exp)
+    }
+}
+
+/// The delay buckets of `queue` a message came out of, as the broker's `x-death` header records
+/// them (one entry per queue it was dead-lettered from).
+pub fn buckets_passed(names: &Names, queue: &str, h: Option<&FieldTable>) -> Vec<u32> {
+    let Some(AMQPValue::FieldArray(deaths)) = h.and_then(|h| h.inner().get("x-death")) else {
+        return Vec::new();
+    };
+    deaths
+        .as_slice()
+        .iter()
+        .filter_map(|d| match d {
+            AMQPValue::FieldTable(t) => header_str(Some(t), "queue"),
+            _ => None,
+        })
+        .filter_map(|name| names.bucket_exp(queue, &name))
+        .collect()
+}
+
 /// The bucket for (the first hop of) `delay`: the largest power of two seconds not above it,
 /// and 1 s for anything shorter (rounded up: never early).
 pub fn bucket_for(delay: Duration) -> u32 {
@@ -209,6 +240,40 @@ mod tests {
         assert_eq!(body_id(b"x"), body_id(b"x"));
         assert_ne!(body_id(b"x"), body_id(b"y"));
         assert_eq!(short(&"é".repeat(200)).as_str().len(), 254);
+    }
+
+    #[test]
+    fn bucket_names_read_back() {
+        let n = Names::new("jf");
+        for exp in [0, 3, MAX_BUCKET_EXP] {
+            assert_eq!(n.bucket_exp("mail", &n.bucket("mail", exp)), Some(exp));
+        }
+        assert_eq!(n.bucket_exp("mail", "jf.mail.delay.3s"), None);
+        assert_eq!(n.bucket_exp("mail", "jf.mail.delay.0s"), None);
+        assert_eq!(n.bucket_exp("mail", "jf.mail.delay.131072s"), None);
+        assert_eq!(n.bucket_exp("mail", &n.bucket("other", 2)), None);
+        assert_eq!(n.bucket_exp("mail", "jf.mail.dlq"), None);
+
+        let death = |queue: &str| {
+            let mut t = FieldTable::default();
+            t.insert("queue".into(), long_str(queue));
+            t.insert("reason".into(), long_str("expired"));
+            AMQPValue::FieldTable(t)
+        };
+        let mut h = FieldTable::default();
+        h.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(
+                vec![
+                    death(&n.bucket("mail", 4)),
+                    death("jf.elsewhere"),
+                    death(&n.bucket("mail", 0)),
+                ]
+                .into(),
+            ),
+        );
+        assert_eq!(buckets_passed(&n, "mail", Some(&h)), vec![4, 0]);
+        assert!(buckets_passed(&n, "mail", None).is_empty());
     }
 
     #[test]

@@ -51,6 +51,12 @@ impl Delivery for RedisDelivery {
         &self.msg
     }
 
+    /// Every settle is one script matching id + receive count: repeating one that failed in
+    /// transit either lands or finds the lease gone, never touches a newer delivery.
+    fn settle_retryable(&self) -> bool {
+        true
+    }
+
     async fn ack(&self) -> Result<()> {
         let call = scripts::ack(&self.keys, &self.id, self.count);
         self.settle("ack", call).await

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_sqs::types::MessageAttributeValue;
 use chrono::Utc;
 
 use super::api::secs_ceil;
@@ -27,6 +29,9 @@ pub(super) struct SqsDelivery {
     /// The newest receipt handle (see `leases`).
     pub(super) handle: leases::Handle,
     pub(super) msg: Message,
+    /// The replacement copy (`retry`) or DLQ copy (`dead_letter`) has been written: a repeated
+    /// call after a failed delete only deletes, so a retried settle never writes a second copy.
+    pub(super) replaced: AtomicBool,
 }
 
 impl SqsDelivery {
@@ -49,6 +54,24 @@ impl SqsDelivery {
         }
         res
     }
+
+    /// Writes the copy that replaces this delivery (once, however often it is asked), then
+    /// deletes the received one.
+    async fn replace_then_settle(
+        &self,
+        url: &str,
+        body: String,
+        delay: i32,
+        attrs: Option<HashMap<String, MessageAttributeValue>>,
+    ) -> Result<()> {
+        if !self.replaced.load(Ordering::SeqCst) {
+            self.inner
+                .send_body(&self.queue, url, body, delay, attrs)
+                .await?;
+            self.replaced.store(true, Ordering::SeqCst);
+        }
+        self.settle().await
+    }
 }
 
 impl Drop for SqsDelivery {
@@ -62,6 +85,12 @@ impl Drop for SqsDelivery {
 impl Delivery for SqsDelivery {
     fn message(&self) -> &Message {
         &self.msg
+    }
+
+    /// A receipt handle outlives the connection, a delete of a deleted message succeeds, and
+    /// `replaced` keeps a repeated `retry`/`dead_letter` from writing its copy twice.
+    fn settle_retryable(&self) -> bool {
+        true
     }
 
     async fn ack(&self) -> Result<()> {
@@ -87,10 +116,8 @@ impl Delivery for SqsDelivery {
         }
         let body = String::from_utf8_lossy(&env.to_bytes()).into_owned();
         let delay = secs_ceil(retry_after, MAX_DELAY_SECS);
-        self.inner
-            .send_body(&self.queue, &self.urls.main, body, delay, None)
-            .await?;
-        self.settle().await
+        self.replace_then_settle(&self.urls.main, body, delay, None)
+            .await
     }
 
     async fn extend(&self, visibility: Duration) -> Result<()> {
@@ -123,9 +150,6 @@ impl Delivery for SqsDelivery {
             (ATTR_AT.to_owned(), string_attr(&Utc::now().to_rfc3339())?),
             (ATTR_SOURCE.to_owned(), string_attr(&self.queue)?),
         ]);
-        self.inner
-            .send_body(&self.queue, &dlq, body, 0, Some(attrs))
-            .await?;
-        self.settle().await
+        self.replace_then_settle(&dlq, body, 0, Some(attrs)).await
     }
 }

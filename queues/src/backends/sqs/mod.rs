@@ -10,6 +10,7 @@ mod dlq;
 mod leases;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -653,6 +654,7 @@ impl Consumer for SqsBroker {
                     token,
                     handle: cell,
                     msg,
+                    replaced: AtomicBool::new(false),
                 }));
             }
             if !hide.is_empty() {
