@@ -42,10 +42,11 @@ pub fn build_registry(cfg: &Config, settings: &JobSettings) -> Result<Registry, 
                 "database.url is not usable: {e} (set [database] url or JOBFLEET_DATABASE_URL)"
             ))
         })?;
-    let mut registry = jobs::registry(pool.clone(), &settings.jobs)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut registry =
+        jobs::registry(pool.clone(), &settings.jobs).map_err(|e| CliError::Usage(e.to_string()))?;
     if crate::diag::enabled() {
-        crate::diag::register(&mut registry, pool);
+        crate::diag::register(&mut registry);
+        crate::diag::register_record(&mut registry, pool);
         tracing::warn!("diagnostic job kinds (diag_sleep, diag_fail, diag_record) are enabled");
     }
     for (kind, policy) in &settings.retry {

@@ -28,10 +28,14 @@ pub fn enabled() -> bool {
     std::env::var(ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
-/// Adds `diag_sleep`, `diag_fail` and `diag_record` (on `db`) to `r` with the default policy.
-pub fn register(r: &mut Registry, db: PgPool) {
+/// Adds `diag_sleep` and `diag_fail` to `r` with the default policy.
+pub fn register(r: &mut Registry) {
     r.register(Arc::new(Sleep), RetryPolicy::default());
     r.register(Arc::new(Fail), RetryPolicy::default());
+}
+
+/// Adds `diag_record`, writing to `db`, with the default policy.
+pub fn register_record(r: &mut Registry, db: PgPool) {
     r.register(Arc::new(Record::new(db)), RetryPolicy::default());
 }
 
@@ -209,11 +213,20 @@ mod tests {
     fn record_payload_is_checked() {
         assert!(check_record(&json!({"run": "r"})).is_ok());
         assert!(check_record(&json!({"run": "r", "key": "k", "ms": 5})).is_ok());
-        for bad in [json!({}), json!({"run": 1}), json!({"run": "r", "ms": "soon"})] {
+        for bad in [
+            json!({}),
+            json!({"run": 1}),
+            json!({"run": "r", "ms": "soon"}),
+        ] {
             let err = check_record(&bad).unwrap_err();
             assert!(matches!(err, JobError::Permanent(_)), "{bad}: {err}");
         }
-        assert!(validators().check("diag_record", &json!({})).unwrap().is_err());
+        assert!(
+            validators()
+                .check("diag_record", &json!({}))
+                .unwrap()
+                .is_err()
+        );
     }
 
     /// On the real database: one row per run, keyed by `key` or else the job id, so a job
