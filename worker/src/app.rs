@@ -45,10 +45,11 @@ pub fn build_registry(cfg: &Config, settings: &JobSettings) -> Result<Registry, 
             ))
         })?;
     let mut registry =
-        jobs::registry(pool, &settings.jobs).map_err(|e| CliError::Usage(e.to_string()))?;
+        jobs::registry(pool.clone(), &settings.jobs).map_err(|e| CliError::Usage(e.to_string()))?;
     if crate::diag::enabled() {
         crate::diag::register(&mut registry);
-        tracing::warn!("diagnostic job kinds (diag_sleep, diag_fail) are enabled");
+        crate::diag::register_record(&mut registry, pool);
+        tracing::warn!("diagnostic job kinds (diag_sleep, diag_fail, diag_record) are enabled");
     }
     for (kind, policy) in &settings.retry {
         if !registry.set_policy(kind, policy.clone()) {
@@ -63,9 +64,7 @@ pub fn build_registry(cfg: &Config, settings: &JobSettings) -> Result<Registry, 
 pub fn validators(settings: &JobSettings) -> Result<Validators, CliError> {
     let mut v = jobs::validators(&settings.jobs).map_err(|e| CliError::Usage(e.to_string()))?;
     if crate::diag::enabled() {
-        let mut diag = Registry::new();
-        crate::diag::register(&mut diag);
-        v.extend(Validators::from(&diag));
+        v.extend(crate::diag::validators());
     }
     Ok(v)
 }
