@@ -354,23 +354,11 @@ fn binary_exit_codes_and_messages() {
 /// `worker migrate --status` / `worker migrate` on a fresh database of its own.
 #[tokio::test]
 async fn migrate_applies_and_reports_status() {
-    use sqlx::Executor;
     let base = std::env::var("JOBFLEET_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .expect("PostgreSQL on :5432");
-    let name = format!(
-        "jft_mig_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    let (prefix, _) = base.rsplit_once('/').unwrap();
     let mut cfg = config(&[("q", Priority::Default, 1, 1)]);
-    cfg.database.url = format!("{prefix}/{name}");
+    let db = common::FreshDb::create(&base, "jft_mig").await;
+    cfg.database.url = db.url.clone();
 
     let before = migrate::status(&cfg).await.unwrap();
     assert!(!before.is_empty());
@@ -381,12 +369,7 @@ async fn migrate_applies_and_reports_status() {
     let again = migrate::apply(&cfg).await.unwrap();
     assert_eq!(after, again, "idempotent");
 
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .await
-        .unwrap();
+    db.drop_it().await;
 
     let mut down = cfg.clone();
     down.database.url = "postgres://postgres@127.0.0.1:1/none".into();
@@ -459,22 +442,10 @@ async fn enqueue_needs_no_provider_key_but_run_does() {
 /// document, and bad arguments exit 2 with a message.
 #[tokio::test]
 async fn search_command_over_pgvector() {
-    use sqlx::Executor;
     let base = std::env::var("JOBFLEET_PGVECTOR_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".into());
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .expect("PostgreSQL with pgvector on :5433 (scripts/services.sh up pgvector)");
-    let name = format!(
-        "jft_search_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    let url = format!("{prefix}/{name}");
+    let db = common::FreshDb::create(&base, "jft_search").await;
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let cfg_path = dir.path().join("search.toml");
     std::fs::write(
@@ -557,10 +528,5 @@ async fn search_command_over_pgvector() {
     assert!(err.contains("empty"), "{err}");
 
     pool.close().await;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .await
-        .unwrap();
+    db.drop_it().await;
 }

@@ -6,10 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestBroker, real_brokers, wait_until};
+use common::{Proc, TestBroker, real_brokers, wait_until};
 use jobs::Registry;
 use queues::conformance::unique_queue;
 use queues::{BrokerConfig, Envelope, QueueSpec};
@@ -54,18 +54,6 @@ diag_sleep = "{queue}"
     let path = dir.join("worker.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// The worker process; killed if the test fails before it exited, so no worker outlives it.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn spawn_worker(config: &Path) -> Proc {

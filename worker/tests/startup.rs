@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::wait_until;
+use common::{Proc, wait_until};
 use queues::conformance::unique_queue;
 use queues::tcp_proxy::TcpProxy;
 
@@ -54,18 +54,6 @@ noop = "{q}"
     let path = dir.join("worker.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// The worker process; killed if the test fails before it exited.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn worker(config: &Path, stderr: Stdio) -> Command {

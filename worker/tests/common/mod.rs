@@ -270,3 +270,58 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A spawned `worker` process, killed if the test fails before it exited, so no worker outlives
+/// its test.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A database of its own for one test, on the server of a URL naming an existing database
+/// there; [`FreshDb::drop_it`] removes it at the end.
+pub struct FreshDb {
+    admin: sqlx::PgPool,
+    name: String,
+    /// The new database's URL.
+    pub url: String,
+}
+
+impl FreshDb {
+    /// Creates `<prefix>_<random>` next to the database `base` names.
+    pub async fn create(base: &str, prefix: &str) -> FreshDb {
+        use sqlx::Executor;
+        let admin = sqlx::PgPool::connect(base).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {base}: {e} (scripts/services.sh up starts it)")
+        });
+        let name = format!(
+            "{prefix}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
+        let (server, _) = base.rsplit_once('/').unwrap();
+        let url = format!("{server}/{name}");
+        FreshDb { admin, name, url }
+    }
+
+    /// Drops the database, closing whatever connections are still open to it.
+    pub async fn drop_it(self) {
+        use sqlx::Executor;
+        self.admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {} WITH (FORCE)",
+                self.name
+            )))
+            .await
+            .unwrap();
+    }
+}
