@@ -15,20 +15,6 @@ use jobs::testkit;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 
-/// Flopods' `"PodExecution"`, every row in the default partition.
-const TABLE: &str = "\
-    CREATE TABLE {s}.\"PodExecution\" ( \
-      id text NOT NULL DEFAULT gen_random_uuid()::text, \
-      \"podId\" text NOT NULL, \
-      status text NOT NULL DEFAULT 'QUEUED', \
-      \"startedAt\" timestamptz NOT NULL DEFAULT now(), \
-      \"finishedAt\" timestamptz, \
-      \"tokensUsed\" integer NOT NULL DEFAULT 0, \
-      PRIMARY KEY (id, \"startedAt\") \
-    ) PARTITION BY RANGE (\"startedAt\"); \
-    CREATE INDEX \"PodExecution_startedAt_idx\" ON {s}.\"PodExecution\" (\"startedAt\"); \
-    CREATE TABLE {s}.\"PodExecution_default\" PARTITION OF {s}.\"PodExecution\" DEFAULT;";
-
 #[derive(Debug, Default, Clone, Copy)]
 struct Waits {
     longest: Duration,
@@ -124,9 +110,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn run(pool: &PgPool, schema: &str, rows: u64) -> Result<(), Box<dyn std::error::Error>> {
     let q = format!("\"{schema}\"");
-    sqlx::raw_sql(AssertSqlSafe(TABLE.replace("{s}", &q)))
-        .execute(pool)
-        .await?;
+    sqlx::raw_sql(AssertSqlSafe(
+        testkit::FLOPODS_POD_EXECUTION.replace("{s}", &q),
+    ))
+    .execute(pool)
+    .await?;
     let started = Instant::now();
     // Dec 2025 .. Nov 2026, evenly.
     sqlx::raw_sql(AssertSqlSafe(format!(

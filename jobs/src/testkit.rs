@@ -118,3 +118,19 @@ pub async fn insert_chunks(
     }
     Ok(ids)
 }
+
+/// Flopods' `canvas."PodExecution"` (the columns that matter here), range-partitioned by the
+/// camelCase `"startedAt"`, with a DEFAULT partition: `{s}` stands for the schema. The issue-16
+/// fixture, shared by the backfill tests and bench.
+pub const FLOPODS_POD_EXECUTION: &str = "\
+    CREATE TABLE {s}.\"PodExecution\" ( \
+      id text NOT NULL DEFAULT gen_random_uuid()::text, \
+      \"podId\" text NOT NULL, \
+      status text NOT NULL DEFAULT 'QUEUED', \
+      \"startedAt\" timestamptz NOT NULL DEFAULT now(), \
+      \"finishedAt\" timestamptz, \
+      \"tokensUsed\" integer NOT NULL DEFAULT 0, \
+      PRIMARY KEY (id, \"startedAt\") \
+    ) PARTITION BY RANGE (\"startedAt\"); \
+    CREATE INDEX \"PodExecution_startedAt_idx\" ON {s}.\"PodExecution\" (\"startedAt\"); \
+    CREATE TABLE {s}.\"PodExecution_default\" PARTITION OF {s}.\"PodExecution\" DEFAULT;";

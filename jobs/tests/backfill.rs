@@ -12,27 +12,13 @@ use chrono::{DateTime, TimeZone, Utc};
 use common::TestDb;
 use jobs::partitions::{EnsurePartitions, PartitionReport, PartitionsPayload};
 
-/// Flopods' table (the columns that matter here), partitioned by `"startedAt"`.
-const FLOPODS: &str = "\
-    CREATE TABLE {s}.\"PodExecution\" ( \
-      id text NOT NULL DEFAULT gen_random_uuid()::text, \
-      \"podId\" text NOT NULL, \
-      status text NOT NULL DEFAULT 'QUEUED', \
-      \"startedAt\" timestamptz NOT NULL DEFAULT now(), \
-      \"finishedAt\" timestamptz, \
-      \"tokensUsed\" integer NOT NULL DEFAULT 0, \
-      PRIMARY KEY (id, \"startedAt\") \
-    ) PARTITION BY RANGE (\"startedAt\"); \
-    CREATE INDEX \"PodExecution_startedAt_idx\" ON {s}.\"PodExecution\" (\"startedAt\"); \
-    CREATE TABLE {s}.\"PodExecution_default\" PARTITION OF {s}.\"PodExecution\" DEFAULT;";
-
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).unwrap()
 }
 
 /// `rows` executions spread evenly over the `days` before [`now`].
 async fn seed(db: &TestDb, rows: u32, days: u32) {
-    db.exec(FLOPODS).await;
+    db.exec(jobs::testkit::FLOPODS_POD_EXECUTION).await;
     db.exec(&format!(
         "INSERT INTO {{s}}.\"PodExecution\" (\"podId\", status, \"startedAt\", \"tokensUsed\") \
          SELECT 'pod-' || (n % 40), 'DONE', \
