@@ -267,14 +267,9 @@ pub async fn delayed_send_waits_for_run_at(h: &dyn Harness) -> anyhow::Result<()
     let run_at = chrono::Utc::now() + chrono::Duration::seconds(4);
     b.send(&job(&q, 1).with_run_at(run_at)).await?;
     depth_until(&*b, &q, "1 delayed", |d| d.delayed == 1 && d.visible == 0).await?;
-    // Invisible for as long as run_at is ahead: a slow broker may have used up part of it
-    // answering `depth`, so only check the time that is really left.
-    let left = (run_at - chrono::Utc::now() - chrono::Duration::milliseconds(300))
-        .to_std()
-        .unwrap_or_default();
-    if !left.is_zero() {
-        expect_empty(&*b, &q, left.min(Duration::from_secs(2))).await?;
-    }
+    // Receiving from now on returns the job the moment it shows: when that is decides the case.
+    // (A receive may outlast its wait, SQS counts its long poll in whole seconds, so "nothing
+    // within the time left" would measure the poll, not the delay.)
     let got = receive_n(&*b, &q, 1, Duration::from_secs(15)).await?;
     let early = run_at - chrono::Utc::now();
     ensure!(
