@@ -161,7 +161,7 @@ impl Envelope {
     /// never dropped as a duplicate of itself or of a newer job.
     pub fn dedup(&self) -> Option<(&str, std::time::Duration)> {
         let key = self.dedup_key.as_deref()?;
-        if !self.errors.is_empty() {
+        if !self.errors.is_empty() || self.replayed_at.is_some() {
             return None;
         }
         let window = self

@@ -220,7 +220,7 @@ async fn reconnects_after_restart() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match b.send(&after).await {
-            Ok(()) => break,
+            Ok(_) => break,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

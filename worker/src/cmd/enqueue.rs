@@ -145,8 +145,11 @@ pub async fn enqueue(
             return Err(CliError::Usage("--dedup-key must not be empty".into()));
         }
         let window = args.unique_for.unwrap_or_else(|| windows.window(&args.kind));
-        if window.is_zero() {
-            return Err(CliError::Usage("--unique-for must be more than 0".into()));
+        if window.is_zero() || window > Duration::from_secs(10 * 365 * 86_400) {
+            return Err(CliError::Usage(format!(
+                "--unique-for {} must be more than 0 and at most 10 years",
+                humantime::format_duration(window)
+            )));
         }
         env = env.with_dedup_key(k.clone()).with_unique_for(window);
     }

@@ -198,7 +198,7 @@ impl PgBroker {
 
     /// Enqueues `env` on the caller's connection or transaction, in this broker's namespace:
     /// see [`send_in`].
-    pub async fn send_in(&self, conn: &mut PgConnection, env: &Envelope) -> Result<()> {
+    pub async fn send_in(&self, conn: &mut PgConnection, env: &Envelope) -> Result<Sent> {
         send_in(conn, &self.inner.ns, env).await
     }
 
