@@ -27,6 +27,29 @@ pub struct JobsConfig {
     pub matview: MatviewConfig,
     /// `ensure_partitions`.
     pub partitions: PartitionsConfig,
+    /// How long an enqueued job's `dedup_key` stays taken, per kind (`[jobs.unique_for]`).
+    pub unique_for: UniqueFor,
+}
+
+/// `[jobs.unique_for]`: `<kind> = "10m"` per job kind, `default = "1h"` for the others. What
+/// jobfleet's own producers (`worker enqueue`) write as the envelope's `unique_for` when a
+/// job has a `dedup_key`; a native producer writes the field itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UniqueFor(pub std::collections::BTreeMap<String, humantime_serde::Serde<Duration>>);
+
+/// The window when neither the kind nor `default` is configured; the same figure as the queue
+/// layer's `DEFAULT_UNIQUE_FOR`, which a native producer that writes no `unique_for` gets.
+pub const DEFAULT_UNIQUE_FOR: Duration = Duration::from_secs(3600);
+
+impl UniqueFor {
+    /// The window for `kind`.
+    pub fn window(&self, kind: &str) -> Duration {
+        self.0
+            .get(kind)
+            .or_else(|| self.0.get("default"))
+            .map_or(DEFAULT_UNIQUE_FOR, |d| **d)
+    }
 }
 
 /// Which embedding provider `embed_document` uses.
@@ -417,6 +440,11 @@ impl JobsConfig {
         }
         for t in &self.partitions.allowed_tables {
             check_name("partitions.allowed_tables", t)?;
+        }
+        for (kind, d) in &self.unique_for.0 {
+            if d.is_zero() {
+                return Err(bad(&format!("unique_for.{kind}"), "must be more than 0"));
+            }
         }
         if self.partitions.max_months_ahead == 0 || self.partitions.max_months_ahead > 120 {
             return Err(bad(

@@ -56,23 +56,24 @@ async fn ensure_applies_everything_once_then_only_checks() {
     let before = migrations::status(&pool).await.unwrap();
     assert_eq!(before.len(), migrations::MIGRATOR.iter().count());
     assert!(before.iter().all(|m| !m.applied), "{before:?}");
-    assert_eq!(
-        before.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [0, 1, 2, 90]
-    );
+    let versions: Vec<i64> = before.iter().map(|m| m.version).collect();
+    assert_eq!(&versions[..4], [0, 1, 2, 90]);
+    assert!(versions.contains(&150), "unique jobs: {versions:?}");
+    assert!(versions.is_sorted(), "{versions:?}");
+    let all = versions.len();
 
     // Processes starting together: the migrator's lock lets each file run once.
     let (a, b) = tokio::join!(migrations::ensure(&pool), migrations::ensure(&pool));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(
-        a == 4 || b == 4,
+        a == all || b == all,
         "neither saw the pending migrations: {a} {b}"
     );
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(rows, 4);
+    assert_eq!(rows, all as i64);
     assert!(
         migrations::status(&pool)
             .await
@@ -89,6 +90,7 @@ async fn ensure_applies_everything_once_then_only_checks() {
         "jobfleet.analytics_events",
         "jobfleet.scheduler_leases",
         "jobfleet.scheduler_ticks",
+        "jobfleet.dedup_keys",
     ] {
         assert!(exists(&pool, rel).await, "{rel} missing");
     }
@@ -125,7 +127,10 @@ async fn ensure_upgrades_a_database_set_up_by_the_old_paths() {
             .all(|m| !m.applied)
     );
 
-    assert_eq!(migrations::ensure(&pool).await.unwrap(), 4);
+    assert_eq!(
+        migrations::ensure(&pool).await.unwrap(),
+        migrations::MIGRATOR.iter().count()
+    );
 
     assert!(
         migrations::status(&pool)

@@ -179,19 +179,42 @@ pub trait Delivery: Send + Sync {
     }
 }
 
+/// What became of one envelope handed to [`Producer::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sent {
+    /// Written: it will be delivered.
+    Enqueued,
+    /// Nothing written: its `dedup_key` is held by another job of the same queue accepted
+    /// within that job's `unique_for` window (see [`Envelope::dedup`]).
+    Duplicate,
+}
+
+impl Sent {
+    /// Whether the envelope was written.
+    pub fn is_enqueued(self) -> bool {
+        self == Sent::Enqueued
+    }
+}
+
 /// Enqueues jobs.
 #[async_trait]
 pub trait Producer: Send + Sync {
     /// Writes one envelope to `envelope.queue`, delayed until `run_at` when that is in the
-    /// future. Returns once the broker has confirmed the write.
-    async fn send(&self, envelope: &Envelope) -> Result<()>;
+    /// future, unless it is a duplicate ([`Sent::Duplicate`]: nothing written). Returns once the
+    /// broker has confirmed the write. The duplicate check and the write are one step: two
+    /// producers racing with one key get one `Enqueued` between them.
+    async fn send(&self, envelope: &Envelope) -> Result<Sent>;
 
-    /// Writes many envelopes (any mix of queues) with as few round trips as the broker allows.
-    async fn send_batch(&self, envelopes: &[Envelope]) -> Result<()> {
+    /// Writes many envelopes (any mix of queues) with as few round trips as the broker allows;
+    /// one [`Sent`] per envelope, in order. Two envelopes of the batch with one key and queue
+    /// count as two enqueues: the second is a duplicate.
+    async fn send_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Sent>> {
+        let mut out = Vec::with_capacity(envelopes.len());
         for e in envelopes {
-            self.send(e).await?;
+            out.push(self.send(e).await?);
         }
-        Ok(())
+        Ok(out)
     }
 }
 

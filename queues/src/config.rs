@@ -64,6 +64,11 @@ pub struct BrokerConfig {
     /// PostgreSQL schema), so several deployments can share one broker.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// PostgreSQL that keeps unique jobs' `dedup_key`s for the brokers with no such check of
+    /// their own (RabbitMQ, SQS); the worker and the scheduler default it to `[database] url`.
+    /// Unused by the other backends. Without it, those two refuse a job with a `dedup_key`.
+    #[serde(default)]
+    pub dedup_url: Option<String>,
 }
 
 /// The default [`BrokerConfig::namespace`].
@@ -79,6 +84,7 @@ impl BrokerConfig {
             url: Some(url.into()),
             region: None,
             namespace: default_namespace(),
+            dedup_url: None,
         }
     }
 
@@ -110,6 +116,16 @@ impl BrokerConfig {
                     crate::error::redact_url(u)
                 ))
             })?;
+        }
+        if let Some(u) = &self.dedup_url {
+            let ok = url::Url::parse(u)
+                .is_ok_and(|p| matches!(p.scheme(), "postgres" | "postgresql"));
+            if !ok {
+                return Err(QueueError::Config(format!(
+                    "broker.dedup_url `{}` must be a postgres:// URL",
+                    crate::error::redact_url(u)
+                )));
+            }
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Deliveries, Depth, DlqEntry, QueueSpec};
+use crate::broker::{Broker, Deliveries, Depth, DlqEntry, QueueSpec, Sent};
 use crate::dlq::{self, DlqFilter, NoObserver, ScanObserver, ScanOptions};
 use crate::envelope::Envelope;
 use crate::error::QueueError;
@@ -30,6 +30,14 @@ pub trait Harness: Send + Sync {
     /// for RabbitMQ, redis-cli for Redis, psql for PostgreSQL), exactly as another language's
     /// API would.
     async fn native_send(&self, queue: &str, body: &str) -> anyhow::Result<()>;
+
+    /// Writes `body` (an envelope with a `dedup_key`, its `id` and a `unique_for`) the way
+    /// docs/backends/<backend>.md tells a native producer to write a unique job. The default
+    /// is [`Harness::native_send`]: on most brokers the plain write is checked (a trigger, or
+    /// the worker on receive); Redis needs its documented script.
+    async fn native_send_unique(&self, queue: &str, body: &Value) -> anyhow::Result<()> {
+        self.native_send(queue, &body.to_string()).await
+    }
 
     /// A broker pointed at an address where nothing listens, or the error connecting to it.
     /// `None` for backends with nothing to be unreachable (memory).
@@ -75,6 +83,8 @@ macro_rules! conformance_suite {
             native_client_envelope_is_received,
             long_poll_wakes_on_send,
             unreachable_broker_names_url,
+            unique_jobs_once_per_window,
+            unique_jobs_from_a_native_producer,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -831,6 +841,136 @@ pub async fn unreachable_broker_names_url(h: &dyn Harness) -> anyhow::Result<()>
     ensure!(
         text.contains("unreachable"),
         "error does not say unreachable: {text}"
+    );
+    Ok(())
+}
+
+/// The window the unique-job cases use: short, so "after the window" is a short sleep.
+const UNIQUE_FOR: Duration = Duration::from_secs(2);
+
+/// Receives for `within` and returns the ids of everything delivered (acked).
+async fn drain_ids(b: &dyn Broker, q: &str, within: Duration) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + within;
+    let mut ids = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(ids);
+        }
+        for d in b.receive(q, 10, left.min(Duration::from_secs(1))).await? {
+            ids.push(d.message().id().to_owned());
+            d.ack().await?;
+        }
+    }
+}
+
+/// Case: two enqueues with one `dedup_key` inside `unique_for` give one job (the second is
+/// told [`Sent::Duplicate`] and writes nothing), also within one batch; other keys and other
+/// queues are not affected; a job with a failure history or replayed from the DLQ is never a
+/// duplicate;
+/// after the window the key is free again.
+pub async fn unique_jobs_once_per_window(h: &dyn Harness) -> anyhow::Result<()> {
+    let (b, q) = declared(h, "unique", Duration::from_secs(30)).await?;
+    let (_, other_q) = declared(h, "unique-other", Duration::from_secs(30)).await?;
+    let key = format!("doc-{}", uuid::Uuid::new_v4().simple());
+    let unique = |q: &str, key: &str| job(q, 1).with_dedup_key(key).with_unique_for(UNIQUE_FOR);
+    let first = unique(&q, &key);
+    ensure!(b.send(&first).await? == Sent::Enqueued, "first send not enqueued");
+    ensure!(
+        b.send(&unique(&q, &key)).await? == Sent::Duplicate,
+        "second send inside the window was not a duplicate"
+    );
+    let other_key = format!("{key}-b");
+    let batch = [
+        unique(&q, &key),
+        unique(&q, &other_key),
+        unique(&q, &other_key),
+        unique(&other_q, &key),
+        job(&q, 2),
+    ];
+    let sent = b.send_batch(&batch).await?;
+    ensure!(
+        sent == [
+            Sent::Duplicate,
+            Sent::Enqueued,
+            Sent::Duplicate,
+            Sent::Enqueued,
+            Sent::Enqueued
+        ],
+        "batch: {sent:?}"
+    );
+    let mut failed = unique(&q, &key);
+    failed.record_failure("failed once", "w");
+    ensure!(
+        b.send(&failed).await? == Sent::Enqueued,
+        "a job with a failure history was taken for a duplicate"
+    );
+    // A DLQ entry without history (SQS's own redrive records none), replayed.
+    let replayed = first.for_replay();
+    ensure!(
+        b.send(&replayed).await? == Sent::Enqueued,
+        "a replayed job was taken for a duplicate"
+    );
+    let mut want = vec![
+        first.id.clone(),
+        batch[1].id.clone(),
+        batch[4].id.clone(),
+        failed.id.clone(),
+        replayed.id.clone(),
+    ];
+    let mut got = drain_ids(&*b, &q, Duration::from_secs(3)).await?;
+    got.sort();
+    want.sort();
+    ensure!(got == want, "inside the window: got {got:?}, want {want:?}");
+    let other = drain_ids(&*b, &other_q, Duration::from_secs(1)).await?;
+    ensure!(other == [batch[3].id.clone()], "other queue: {other:?}");
+
+    // Let the window pass (counted from the first send, a few seconds ago at least).
+    tokio::time::sleep(UNIQUE_FOR + Duration::from_millis(500)).await;
+    let after = unique(&q, &key);
+    ensure!(
+        b.send(&after).await? == Sent::Enqueued,
+        "a send after the window was refused"
+    );
+    let got = drain_ids(&*b, &q, Duration::from_secs(3)).await?;
+    ensure!(got == [after.id.clone()], "after the window: {got:?}");
+    Ok(())
+}
+
+/// Case: a native producer writing unique jobs as the backend's page documents gets the same
+/// meaning: two bodies with one key inside the window run once, a third after the window runs.
+pub async fn unique_jobs_from_a_native_producer(h: &dyn Harness) -> anyhow::Result<()> {
+    let (b, q) = declared(h, "unique-native", Duration::from_secs(30)).await?;
+    let key = format!("doc-{}", uuid::Uuid::new_v4().simple());
+    let body = |n: u32| {
+        json!({
+            "v": 1, "id": format!("native-{n}-{}", uuid::Uuid::new_v4().simple()),
+            "kind": "embed_document", "queue": q, "payload": {"document_id": 42},
+            "enqueued_at": chrono::Utc::now().to_rfc3339(), "dedup_key": key,
+            "unique_for": UNIQUE_FOR.as_secs_f64()
+        })
+    };
+    let (one, two) = (body(1), body(2));
+    h.native_send_unique(&q, &one).await?;
+    h.native_send_unique(&q, &two).await?;
+    let got = drain_ids(&*b, &q, Duration::from_secs(4)).await?;
+    // Which of the two runs is the broker's order (SQS standard queues do not keep one).
+    let ids = [&one["id"], &two["id"]].map(|v| v.as_str().unwrap_or_default().to_owned());
+    ensure!(
+        got.len() == 1 && ids.contains(&got[0]),
+        "inside the window: {got:?} (sent {ids:?})"
+    );
+    ensure!(
+        b.depth(&q).await?.backlog() == 0,
+        "the duplicate is still queued"
+    );
+    tokio::time::sleep(UNIQUE_FOR + Duration::from_millis(500)).await;
+    let three = body(3);
+    h.native_send_unique(&q, &three).await?;
+    let got = drain_ids(&*b, &q, Duration::from_secs(4)).await?;
+    ensure!(
+        got == [three["id"].as_str().unwrap_or_default()],
+        "after the window: {got:?}"
     );
     Ok(())
 }

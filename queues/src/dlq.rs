@@ -239,11 +239,27 @@ async fn run(
                         env
                     })
                     .collect();
-                if let Err(err) = broker.send_batch(&envelopes).await {
-                    tracing::warn!(%queue, error = %err, "replay write failed; entries stay in the DLQ");
-                    report.failed += chosen.len() as u64;
-                    observer.progress(&report);
-                    continue;
+                match broker.send_batch(&envelopes).await {
+                    Err(err) => {
+                        tracing::warn!(%queue, error = %err, "replay write failed; entries stay in the DLQ");
+                        report.failed += chosen.len() as u64;
+                        observer.progress(&report);
+                        continue;
+                    }
+                    // A job with a failure history is never a duplicate, but an entry without
+                    // one can be: nothing was written, so it must stay in the DLQ.
+                    Ok(sent) => {
+                        let mut kept = Vec::with_capacity(chosen.len());
+                        for (e, s) in chosen.into_iter().zip(sent) {
+                            if s.is_enqueued() {
+                                kept.push(e);
+                            } else {
+                                tracing::warn!(%queue, id = %e.id, "not replayed: its dedup_key is held by a newer job; the entry stays in the DLQ");
+                                report.skipped += 1;
+                            }
+                        }
+                        chosen = kept;
+                    }
                 }
             }
             for e in &chosen {

@@ -17,6 +17,11 @@ pub const ENVELOPE_VERSION: u32 = 1;
 /// Attempts a job gets when the producer does not say.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 
+/// How long a `dedup_key` stays taken when the envelope carries no `unique_for`. The broker-side
+/// code that native producers rely on (the PostgreSQL trigger, the Redis script) uses the same
+/// figure.
+pub const DEFAULT_UNIQUE_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// One job, as it travels on every broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -42,9 +47,17 @@ pub struct Envelope {
     /// Not to run before this instant (`null`: at once).
     #[serde(default)]
     pub run_at: Option<DateTime<Utc>>,
-    /// Producer-chosen key for de-duplication (the scheduler uses `schedule@tick`).
+    /// Producer-chosen key for de-duplication (the scheduler uses `schedule@tick`): a job with
+    /// a key is accepted once per key and queue within `unique_for` ([`Envelope::dedup`]).
     #[serde(default)]
     pub dedup_key: Option<String>,
+    /// Seconds (fractions allowed) the `dedup_key` stays taken from acceptance; `None`:
+    /// [`DEFAULT_UNIQUE_FOR`]. Written by the producer, since native producers have no config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_for: Option<f64>,
+    /// When a DLQ replay last sent it back; a replayed job is never a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_at: Option<DateTime<Utc>>,
     /// One entry per failed attempt, oldest first: the job's whole history.
     #[serde(default)]
     pub errors: Vec<ErrorRecord>,
@@ -111,6 +124,8 @@ impl Envelope {
             enqueued_at: Utc::now(),
             run_at: None,
             dedup_key: None,
+            unique_for: None,
+            replayed_at: None,
             errors: Vec::new(),
             extra: Map::new(),
         }
@@ -134,6 +149,29 @@ impl Envelope {
         self
     }
 
+    /// Builder: how long the de-duplication key stays taken (see [`Envelope::dedup`]).
+    pub fn with_unique_for(mut self, window: std::time::Duration) -> Self {
+        self.unique_for = Some(window.as_secs_f64());
+        self
+    }
+
+    /// The key and window this envelope must be checked against before it is written, or
+    /// `None` when it is not subject to de-duplication: no `dedup_key`, or a job that was
+    /// already accepted once (it carries a failure history: a retry or a DLQ replay), which is
+    /// never dropped as a duplicate of itself or of a newer job.
+    pub fn dedup(&self) -> Option<(&str, std::time::Duration)> {
+        let key = self.dedup_key.as_deref()?;
+        if !self.errors.is_empty() || self.replayed_at.is_some() {
+            return None;
+        }
+        let window = self
+            .unique_for
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_UNIQUE_FOR);
+        Some((key, window))
+    }
+
     /// Parses and validates a message body. Checks the version first so a v2 body says so
     /// instead of failing on a field it renamed.
     pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
@@ -145,6 +183,7 @@ impl Envelope {
                 .iter()
                 .all(|s| !s.trim().is_empty())
             && QueueName::is_valid(&env.queue)
+            && env.unique_for.is_none_or(unique_for_ok)
         {
             return Ok(env);
         }
@@ -191,7 +230,21 @@ impl Envelope {
                 }
             }
         }
-        serde_json::from_value(value).map_err(|e| field_error(&e.to_string()))
+        if let Some(v) = obj.get("unique_for").filter(|v| !v.is_null() && !v.is_number()) {
+            return Err(EnvelopeError::Field {
+                field: "unique_for".into(),
+                reason: format!("must be a positive number of seconds, not {v}"),
+            });
+        }
+        let env: Envelope =
+            serde_json::from_value(value).map_err(|e| field_error(&e.to_string()))?;
+        if let Some(s) = env.unique_for.filter(|s| !unique_for_ok(*s)) {
+            return Err(EnvelopeError::Field {
+                field: "unique_for".into(),
+                reason: format!("must be a positive number of seconds, not {s}"),
+            });
+        }
+        Ok(env)
     }
 
     /// The JSON body written to the broker.
@@ -216,11 +269,13 @@ impl Envelope {
         self.attempt >= self.max_attempts
     }
 
-    /// The envelope as a DLQ replay sends it back: attempts reset, history kept, due now.
+    /// The envelope as a DLQ replay sends it back: attempts reset, history kept, due now,
+    /// marked replayed (so its `dedup_key` can't make it a duplicate).
     pub fn for_replay(&self) -> Envelope {
         let mut e = self.clone();
         e.attempt = 0;
         e.run_at = None;
+        e.replayed_at = Some(Utc::now());
         e
     }
 
@@ -230,6 +285,11 @@ impl Envelope {
             .and_then(|at| (at - Utc::now()).to_std().ok())
             .unwrap_or_default()
     }
+}
+
+/// A window the broker-side code can use: positive, finite, at most ten years.
+fn unique_for_ok(secs: f64) -> bool {
+    secs.is_finite() && secs > 0.0 && secs <= 10.0 * 365.0 * 86_400.0
 }
 
 /// serde's messages read like "missing field `enqueued_at` at line 1 column 80": pull out the
@@ -408,8 +468,49 @@ mod tests {
             [1, 2]
         );
         let replay = env.for_replay();
+        assert!(replay.replayed_at.is_some());
         assert_eq!(replay.attempt, 0);
         assert_eq!(replay.errors.len(), 2);
         assert_eq!(replay.id, env.id);
+    }
+
+    #[test]
+    fn dedup_applies_to_jobs_not_yet_accepted() {
+        use std::time::Duration;
+        let plain = Envelope::new("k", "q", json!({}));
+        assert_eq!(plain.dedup(), None);
+        let keyed = plain.clone().with_dedup_key("doc-42");
+        assert_eq!(keyed.dedup(), Some(("doc-42", DEFAULT_UNIQUE_FOR)));
+        let short = keyed.clone().with_unique_for(Duration::from_millis(2500));
+        assert_eq!(short.dedup(), Some(("doc-42", Duration::from_millis(2500))));
+        let mut retried = short.clone();
+        retried.record_failure("boom", "w");
+        assert_eq!(retried.dedup(), None, "a retry is never a duplicate");
+        assert_eq!(short.for_replay().dedup(), None, "nor is a replay");
+        // The field is written only when set, and read back.
+        let body = String::from_utf8(short.to_bytes()).unwrap();
+        assert!(body.contains(r#""unique_for":2.5"#), "{body}");
+        assert!(!String::from_utf8(keyed.to_bytes()).unwrap().contains("unique_for"));
+        assert_eq!(Envelope::parse(body.as_bytes()).unwrap(), short);
+    }
+
+    #[test]
+    fn bad_unique_for_is_rejected_naming_the_field() {
+        for (v, want) in [
+            ("0", "must be a positive number of seconds, not 0"),
+            ("-3", "must be a positive number of seconds, not -3"),
+            ("1e12", "must be a positive number of seconds"),
+            (r#""1h""#, "unique_for"),
+        ] {
+            let body = format!(
+                r#"{{"v":1,"id":"a","kind":"k","queue":"q","enqueued_at":"2026-11-22T10:00:00Z","dedup_key":"d","unique_for":{v}}}"#
+            );
+            let err = Envelope::parse(body.as_bytes()).unwrap_err();
+            assert!(
+                matches!(&err, EnvelopeError::Field { field, .. } if field == "unique_for"),
+                "{v}: {err}"
+            );
+            assert!(err.to_string().contains(want), "{v}: {err}");
+        }
     }
 }

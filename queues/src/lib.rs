@@ -38,7 +38,7 @@ pub mod tcp_proxy;
 
 pub use broker::{
     Broker, Consumer, DeadLetters, Deliveries, Delivery, Depth, DlqEntry, DlqPage, DlqScan,
-    Inspector, Message, Producer, QueueSpec,
+    Inspector, Message, Producer, QueueSpec, Sent,
 };
 pub use config::{BackendKind, BrokerConfig};
 pub use connect::connect;

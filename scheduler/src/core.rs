@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, SecondsFormat, Utc};
-use queues::{Envelope, Producer};
+use queues::{Envelope, Producer, Sent};
 use runtime::config::CatchUp;
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -421,7 +421,10 @@ impl Core {
                 return Ok(Fired::NotLeader);
             }
         }
-        self.producer.send(&env).await?;
+        if self.producer.send(&env).await? == Sent::Duplicate {
+            // The broker's own check on the tick's key: its job is already queued.
+            tracing::info!(schedule = s.name(), key, "the broker already holds this tick's job");
+        }
         self.ledger.mark_enqueued(&key).await?;
         metrics::counter!(METRIC_ENQUEUED, "schedule" => s.name().to_owned()).increment(1);
         tracing::info!(schedule = s.name(), key, job_id = %env.id, queue = %env.queue, reason = reason.as_str(), "enqueued");
@@ -441,7 +444,10 @@ impl Core {
             .await?;
         for p in stale {
             tracing::warn!(schedule = %p.schedule, key = %p.dedup_key, "re-sending a tick left pending by a crash");
-            self.producer.send(&p.envelope).await?;
+            if self.producer.send(&p.envelope).await? == Sent::Duplicate {
+                // The crashed leader's send had gone through after all: not queued twice.
+                tracing::info!(schedule = %p.schedule, key = %p.dedup_key, "the broker already holds this tick's job");
+            }
             self.ledger.mark_enqueued(&p.dedup_key).await?;
             metrics::counter!(METRIC_ENQUEUED, "schedule" => p.schedule).increment(1);
         }

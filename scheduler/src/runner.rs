@@ -67,7 +67,7 @@ pub struct NoSend;
 
 #[async_trait::async_trait]
 impl Producer for NoSend {
-    async fn send(&self, envelope: &queues::Envelope) -> queues::Result<()> {
+    async fn send(&self, envelope: &queues::Envelope) -> queues::Result<queues::Sent> {
         Err(queues::QueueError::Config(format!(
             "this command does not enqueue (job {})",
             envelope.id

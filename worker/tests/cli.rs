@@ -13,7 +13,8 @@ use common::{Count, Flaky, Runs, all_brokers, config, fast_policy, wait_until};
 use jobs::{Registry, Validators};
 use queues::conformance::unique_queue;
 use queues::dlq::ScanOptions;
-use queues::{Broker, Envelope};
+use jobs::config::UniqueFor;
+use queues::{Broker, Envelope, Sent};
 use runtime::config::Priority;
 use serde_json::json;
 use worker::audit::DlqAction;
@@ -83,10 +84,11 @@ async fn enqueue_routes_validates_and_queues_shows_depth() {
             .await
             .unwrap();
 
-        let env = enqueue::enqueue(
+        let done = enqueue::enqueue(
             &*tb.broker,
             &cfg,
             &Validators::from(&reg),
+            &UniqueFor::default(),
             &EnqueueArgs {
                 kind: "count".into(),
                 payload: "{\"x\":1}".into(),
@@ -98,6 +100,8 @@ async fn enqueue_routes_validates_and_queues_shows_depth() {
         )
         .await
         .unwrap();
+        assert_eq!(done.sent, Sent::Enqueued);
+        let env = done.envelope;
         assert_eq!(env.queue, q, "queue from [routes]");
         assert_eq!(env.max_attempts, 2);
         assert_eq!(env.dedup_key.as_deref(), Some("k1"));
@@ -116,7 +120,13 @@ async fn enqueue_routes_validates_and_queues_shows_depth() {
             (usage("mystery", "{}", Some(&q)), "unknown job kind"),
             (usage("count", "{}", Some("elsewhere")), "not configured"),
         ] {
-            let err = enqueue::enqueue(&*tb.broker, &cfg, &Validators::from(&reg), &args)
+            let err = enqueue::enqueue(
+                &*tb.broker,
+                &cfg,
+                &Validators::from(&reg),
+                &UniqueFor::default(),
+                &args,
+            )
                 .await
                 .unwrap_err();
             assert_eq!(err.exit_code(), 2, "{err}");
@@ -136,6 +146,78 @@ async fn enqueue_routes_validates_and_queues_shows_depth() {
         assert!(table.contains(&q) && table.contains("critical"), "{table}");
         let json: serde_json::Value = serde_json::from_str(&depth::render(&rows, true)).unwrap();
         assert_eq!(json[0]["delayed"], 1);
+    }
+}
+
+/// `worker enqueue --dedup-key` on every backend: a second enqueue of the key inside the
+/// window writes nothing and says so (text and JSON); the kind's `[jobs.unique_for]` is the
+/// window when `--unique-for` is not given; after the window the key is free again.
+#[tokio::test]
+async fn enqueue_with_a_dedup_key_is_accepted_once_per_window() {
+    let brokers = all_brokers().await;
+    let mut reg = Registry::new();
+    reg.register(
+        Arc::new(Count(Arc::new(AtomicUsize::new(0)))),
+        fast_policy(3),
+    );
+    let checks = Validators::from(&reg);
+    let windows = UniqueFor(BTreeMap::from([(
+        "count".to_owned(),
+        Duration::from_secs(2).into(),
+    )]));
+    let args = |q: &str, key: &str| EnqueueArgs {
+        kind: "count".into(),
+        payload: "{}".into(),
+        queue: Some(q.to_owned()),
+        dedup_key: Some(key.to_owned()),
+        ..Default::default()
+    };
+    let mut setups = Vec::new();
+    for tb in &brokers {
+        let q = unique_queue("uniq");
+        let cfg = config(&[(&q, Priority::Default, 1, 2)]);
+        tb.broker
+            .declare(&queues::QueueSpec::new(q.clone()))
+            .await
+            .unwrap();
+        let key = format!("doc-{}", uuid::Uuid::new_v4().simple());
+        let first = enqueue::enqueue(&*tb.broker, &cfg, &checks, &windows, &args(&q, &key))
+            .await
+            .unwrap();
+        assert_eq!(first.sent, Sent::Enqueued, "{}", tb.name);
+        assert_eq!(first.envelope.unique_for, Some(2.0), "window from [jobs.unique_for]");
+        assert!(first.render(false).contains("unique for 2s"), "{}", first.render(false));
+        let again = enqueue::enqueue(&*tb.broker, &cfg, &checks, &windows, &args(&q, &key))
+            .await
+            .unwrap();
+        assert_eq!(again.sent, Sent::Duplicate, "{}", tb.name);
+        assert_eq!(
+            again.render(false),
+            format!("duplicate of an accepted job (key {key}) on {q}: nothing written")
+        );
+        let json: serde_json::Value = serde_json::from_str(&again.render(true)).unwrap();
+        assert_eq!(json["result"], "duplicate");
+        assert_eq!(json["dedup_key"], key.as_str());
+        setups.push((q, cfg, key, first.envelope.id));
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (tb, (q, cfg, key, first_id)) in brokers.iter().zip(setups) {
+        let after = enqueue::enqueue(&*tb.broker, &cfg, &checks, &windows, &args(&q, &key))
+            .await
+            .unwrap();
+        assert_eq!(after.sent, Sent::Enqueued, "{}: after the window", tb.name);
+        let mut ids = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            for d in tb.broker.receive(&q, 10, Duration::from_millis(500)).await.unwrap() {
+                ids.push(d.message().id().to_owned());
+                d.ack().await.unwrap();
+            }
+        }
+        ids.sort();
+        let mut want = vec![first_id, after.envelope.id];
+        want.sort();
+        assert_eq!(ids, want, "{}: one job per window", tb.name);
     }
 }
 

@@ -5,6 +5,9 @@
 
 pub(crate) mod util;
 
+#[cfg(any(feature = "rabbitmq", feature = "sqs"))]
+pub mod dedup_store;
+
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "postgres")]

@@ -9,10 +9,10 @@ use queues::backends::postgres::PgBroker;
 use queues::conformance::Harness;
 use queues::{BackendKind, Broker, BrokerConfig, QueueError};
 
-use crate::support::{env_or, run};
+use crate::support::run;
 
 fn url() -> String {
-    env_or("JOBFLEET_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
+    crate::support::pg_url()
 }
 
 struct Postgres;

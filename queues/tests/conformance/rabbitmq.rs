@@ -28,6 +28,7 @@ impl Rabbit {
     fn config(&self, url: &str) -> BrokerConfig {
         let mut cfg = BrokerConfig::new(BackendKind::Rabbitmq, url);
         cfg.namespace = NAMESPACE.into();
+        cfg.dedup_url = Some(support::pg_url());
         cfg
     }
 }

@@ -8,12 +8,16 @@ use async_trait::async_trait;
 use queues::backends::redis::RedisBroker;
 use queues::conformance::Harness;
 use queues::{BackendKind, Broker, BrokerConfig, QueueError};
+use serde_json::Value;
 
 use crate::support::{env_or, run};
 
 struct Redis {
     cfg: BrokerConfig,
 }
+
+/// docs/backends/redis.md, "Unique jobs": KEYS dedup ready, ARGV body job-id window-ms.
+const REDIS_UNIQUE_PUSH: &str = "if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return redis.call('LPUSH', KEYS[2], ARGV[1]) end return 0";
 
 impl Redis {
     fn new() -> Self {
@@ -31,6 +35,36 @@ impl Redis {
 impl Harness for Redis {
     async fn connect(&self) -> anyhow::Result<Arc<dyn Broker>> {
         Ok(Arc::new(RedisBroker::connect(&self.cfg).await?))
+    }
+
+    /// The documented unique enqueue (docs/backends/redis.md): one `EVAL` that takes the key
+    /// with `SET NX PX` and pushes only when it got it.
+    async fn native_send_unique(&self, queue: &str, body: &Value) -> anyhow::Result<()> {
+        let url = self.cfg.url_or_default();
+        let ns = &self.cfg.namespace;
+        let key = body["dedup_key"].as_str().unwrap_or_default();
+        let dedup = format!("{ns}:{queue}:dedup:{key}");
+        let ready = format!("{ns}:{queue}:ready");
+        let id = body["id"].as_str().unwrap_or_default();
+        let ms = (body["unique_for"].as_f64().unwrap_or(3600.0) * 1000.0).ceil() as u64;
+        run(
+            "redis-cli",
+            &[
+                "-u",
+                url,
+                "EVAL",
+                REDIS_UNIQUE_PUSH,
+                "2",
+                &dedup,
+                &ready,
+                &body.to_string(),
+                id,
+                &ms.to_string(),
+            ],
+            None,
+        )
+        .await?;
+        Ok(())
     }
 
     /// The documented one-command enqueue: `LPUSH <namespace>:<queue>:ready '<json>'`.
@@ -186,7 +220,7 @@ async fn reconnects_after_restart() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match b.send(&after).await {
-            Ok(()) => break,
+            Ok(_) => break,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -27,6 +27,7 @@ fn config(url: &str) -> BrokerConfig {
         url: Some(url.to_owned()),
         region: Some("us-east-1".into()),
         namespace: NAMESPACE.into(),
+        dedup_url: Some(support::pg_url()),
     }
 }
 

@@ -37,6 +37,12 @@ pub async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::R
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The PostgreSQL the suite uses: the PostgreSQL backend's database, and the store of unique
+/// jobs' keys for RabbitMQ and SQS (`broker.dedup_url`).
+pub fn pg_url() -> String {
+    env_or("JOBFLEET_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
+}
+
 /// The Python of the project's virtualenv (boto3, pika), made by `scripts/services.sh up`.
 pub fn python() -> String {
     if let Ok(p) = std::env::var("JOBFLEET_PYTHON") {

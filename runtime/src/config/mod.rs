@@ -264,6 +264,7 @@ impl Default for Config {
                 url: None,
                 region: None,
                 namespace: queues::config::default_namespace(),
+                dedup_url: None,
             },
             database,
             worker: WorkerConfig::default(),
@@ -365,12 +366,17 @@ impl Config {
         Ok(())
     }
 
-    /// The broker settings with the URL filled in: the PostgreSQL backend defaults to the
-    /// jobs' database.
+    /// The broker settings with the URLs filled in: the PostgreSQL backend, and the store of
+    /// unique jobs' keys of the brokers that have none (RabbitMQ, SQS), default to the jobs'
+    /// database.
     pub fn broker(&self) -> BrokerConfig {
         let mut b = self.broker.clone();
         if b.url.is_none() && b.backend == BackendKind::Postgres {
             b.url = Some(self.database.url.clone());
+        }
+        if b.dedup_url.is_none() && matches!(b.backend, BackendKind::Rabbitmq | BackendKind::Sqs)
+        {
+            b.dedup_url = Some(self.database.url.clone());
         }
         b
     }

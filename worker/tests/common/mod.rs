@@ -83,6 +83,14 @@ pub fn real_configs() -> Vec<BrokerConfig> {
     .map(|mut c| {
         // A namespace per test run, so runs never see each other's leftovers.
         c.namespace = format!("jft{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        // Where RabbitMQ and SQS keep unique jobs' keys (the binaries default it to the jobs'
+        // database, as the test configs do).
+        if matches!(c.backend, BackendKind::Rabbitmq | BackendKind::Sqs) {
+            c.dedup_url = Some(env_or(
+                "JOBFLEET_PG_URL",
+                "postgres://postgres@127.0.0.1:5432/test",
+            ));
+        }
         c
     })
     .collect()

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::backends::util;
 use crate::broker::{
     Broker, Consumer, DEFAULT_VISIBILITY, Deliveries, Depth, Inspector, Message, Producer,
-    QueueSpec,
+    QueueSpec, Sent,
 };
 use crate::envelope::Envelope;
 use crate::error::{QueueError, Result};
@@ -61,6 +61,8 @@ struct Queue {
     dead: BTreeMap<u64, Dead>,
     notify: Arc<Notify>,
     next_lease: u64,
+    /// Taken `dedup_key`s: until when. Expired entries are dropped lazily.
+    dedup: HashMap<String, Instant>,
 }
 
 impl Queue {
@@ -73,6 +75,7 @@ impl Queue {
             dead: BTreeMap::new(),
             notify: Arc::new(Notify::new()),
             next_lease: 0,
+            dedup: HashMap::new(),
         }
     }
 
@@ -175,12 +178,22 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Producer for MemoryBroker {
-    async fn send(&self, envelope: &Envelope) -> Result<()> {
+    async fn send(&self, envelope: &Envelope) -> Result<Sent> {
         let mut st = self.lock();
+        let now = Instant::now();
+        if let Some((key, window)) = envelope.dedup() {
+            let q = st.queue(&envelope.queue);
+            if q.dedup.get(key).is_some_and(|until| *until > now) {
+                return Ok(Sent::Duplicate);
+            }
+            if q.dedup.len() > 10_000 {
+                q.dedup.retain(|_, until| *until > now);
+            }
+            q.dedup.insert(key.to_owned(), now + window);
+        }
         let m = st.store(Bytes::from(envelope.to_bytes()));
-        st.queue(&envelope.queue)
-            .put(m, envelope.delay(), Instant::now());
-        Ok(())
+        st.queue(&envelope.queue).put(m, envelope.delay(), now);
+        Ok(Sent::Enqueued)
     }
 }
 

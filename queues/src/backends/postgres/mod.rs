@@ -10,6 +10,10 @@
 //!
 //! `broker.namespace` is the `ns` column of every table: deployments sharing one database see
 //! only their own queues.
+//!
+//! Unique jobs: a `BEFORE INSERT` trigger (`migrations/0150_unique_jobs.sql`) takes a body's
+//! `dedup_key` in the inserting transaction and drops the row of a duplicate, so `INSERT …
+//! RETURNING id` returning no row is how this backend, and any other client, learns it.
 
 mod acks;
 mod delivery;
@@ -17,6 +21,7 @@ mod dlq;
 mod notify;
 mod schema;
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,7 +37,7 @@ use uuid::Uuid;
 use crate::backends::util;
 use crate::broker::{
     Broker, Consumer, DEFAULT_VISIBILITY, Deliveries, Depth, Inspector, Message, Producer,
-    QueueSpec,
+    QueueSpec, Sent,
 };
 use crate::config::BrokerConfig;
 use crate::envelope::Envelope;
@@ -71,6 +76,13 @@ const INSERT_BATCH_SQL: &str = "INSERT INTO jobfleet.messages (ns, queue, body, 
      SELECT $1, t.queue, t.body, GREATEST(COALESCE(t.run_at, now()), now()) \
      FROM UNNEST($2::text[], $3::text[], $4::timestamptz[]) WITH ORDINALITY AS t(queue, body, run_at, n) \
      ORDER BY t.n";
+
+/// [`INSERT_BATCH_SQL`] for a batch with dedup keys: the rows the `messages_dedup` trigger let
+/// through come back, to tell which envelopes were duplicates.
+const INSERT_BATCH_RETURNING_SQL: &str = "INSERT INTO jobfleet.messages (ns, queue, body, visible_at) \
+     SELECT $1, t.queue, t.body, GREATEST(COALESCE(t.run_at, now()), now()) \
+     FROM UNNEST($2::text[], $3::text[], $4::timestamptz[]) WITH ORDINALITY AS t(queue, body, run_at, n) \
+     ORDER BY t.n RETURNING body";
 
 /// Leases up to `$3` due rows of one queue in a single statement. The CTE is MATERIALIZED so
 /// the LIMIT + SKIP LOCKED subquery runs exactly once.
@@ -186,7 +198,7 @@ impl PgBroker {
 
     /// Enqueues `env` on the caller's connection or transaction, in this broker's namespace:
     /// see [`send_in`].
-    pub async fn send_in(&self, conn: &mut PgConnection, env: &Envelope) -> Result<()> {
+    pub async fn send_in(&self, conn: &mut PgConnection, env: &Envelope) -> Result<Sent> {
         send_in(conn, &self.inner.ns, env).await
     }
 
@@ -262,20 +274,32 @@ fn map_err(url: &str, op: &'static str, e: sqlx::Error) -> QueueError {
 /// Writes `env` on `conn`: inside the caller's transaction when `conn` is one, so the job is
 /// enqueued exactly when that transaction commits (consumers are woken at commit). `namespace`
 /// is the broker's `ns` (`"jobfleet"` by default).
-pub async fn send_in(conn: &mut PgConnection, namespace: &str, env: &Envelope) -> Result<()> {
+///
+/// A duplicate ([`Sent::Duplicate`]) writes nothing and leaves the transaction usable; its key
+/// is taken when (and only if) the transaction commits.
+pub async fn send_in(conn: &mut PgConnection, namespace: &str, env: &Envelope) -> Result<Sent> {
     // The application's own code built `env`: this is where its queue name enters.
     QueueName::new(env.queue.as_str())?;
     let body =
         String::from_utf8(env.to_bytes()).map_err(|e| QueueError::backend(BACKEND, "send", e))?;
-    sqlx::query(INSERT_SQL)
+    let row = sqlx::query(INSERT_SQL)
         .bind(namespace)
         .bind(&env.queue)
         .bind(body)
         .bind(env.run_at)
-        .execute(conn)
+        .fetch_optional(conn)
         .await
         .map_err(|e| map_err("postgres://(caller's connection)", "send", e))?;
-    Ok(())
+    Ok(sent_if(row.is_some()))
+}
+
+/// The `messages_dedup` trigger drops a duplicate's row: no row, nothing written.
+fn sent_if(written: bool) -> Sent {
+    if written {
+        Sent::Enqueued
+    } else {
+        Sent::Duplicate
+    }
 }
 
 fn body_text(env: &Envelope) -> Result<String> {
@@ -285,21 +309,21 @@ fn body_text(env: &Envelope) -> Result<String> {
 
 #[async_trait]
 impl Producer for PgBroker {
-    async fn send(&self, envelope: &Envelope) -> Result<()> {
-        sqlx::query(INSERT_SQL)
+    async fn send(&self, envelope: &Envelope) -> Result<Sent> {
+        let row = sqlx::query(INSERT_SQL)
             .bind(&self.inner.ns)
             .bind(&envelope.queue)
             .bind(body_text(envelope)?)
             .bind(envelope.run_at)
-            .execute(&self.inner.pool)
+            .fetch_optional(&self.inner.pool)
             .await
             .map_err(|e| self.err("send", e))?;
-        Ok(())
+        Ok(sent_if(row.is_some()))
     }
 
-    async fn send_batch(&self, envelopes: &[Envelope]) -> Result<()> {
+    async fn send_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Sent>> {
         if envelopes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut queues = Vec::with_capacity(envelopes.len());
         let mut bodies = Vec::with_capacity(envelopes.len());
@@ -309,16 +333,43 @@ impl Producer for PgBroker {
             bodies.push(body_text(e)?);
             run_at.push(e.run_at);
         }
-        // One statement: all or nothing, and one NOTIFY per queue from the statement trigger.
-        sqlx::query(INSERT_BATCH_SQL)
+        if !envelopes.iter().any(|e| e.dedup().is_some()) {
+            // One statement: all or nothing, and one NOTIFY per queue from the statement trigger.
+            sqlx::query(INSERT_BATCH_SQL)
+                .bind(&self.inner.ns)
+                .bind(queues)
+                .bind(bodies)
+                .bind(run_at)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(|e| self.err("send_batch", e))?;
+            return Ok(vec![Sent::Enqueued; envelopes.len()]);
+        }
+        let written: Vec<String> = sqlx::query_scalar(INSERT_BATCH_RETURNING_SQL)
             .bind(&self.inner.ns)
             .bind(queues)
-            .bind(bodies)
+            .bind(&bodies)
             .bind(run_at)
-            .execute(&self.inner.pool)
+            .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.err("send_batch", e))?;
-        Ok(())
+        // Bodies hold the job id, so equal bodies are the same envelope sent twice in one batch:
+        // the first of them is the one written.
+        let mut written: HashMap<String, usize> =
+            written.into_iter().fold(HashMap::new(), |mut m, b| {
+                *m.entry(b).or_default() += 1;
+                m
+            });
+        Ok(bodies
+            .iter()
+            .map(|b| match written.get_mut(b) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    Sent::Enqueued
+                }
+                _ => Sent::Duplicate,
+            })
+            .collect())
     }
 }
 

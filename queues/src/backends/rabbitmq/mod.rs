@@ -25,9 +25,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 use tokio::time::Instant;
 
+use crate::backends::dedup_store::DedupStore;
 use crate::backends::util::{self, lock};
 use crate::broker::{
-    Broker, Consumer, DEFAULT_VISIBILITY, Deliveries, Depth, Inspector, Producer, QueueSpec,
+    Broker, Consumer, DEFAULT_VISIBILITY, Deliveries, Depth, Inspector, Producer, QueueSpec, Sent,
 };
 use crate::config::BrokerConfig;
 use crate::envelope::Envelope;
@@ -74,6 +75,8 @@ pub(crate) struct Inner {
     in_flight: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// Open DLQ listings by queue, so the next page continues where the last one stopped.
     list_sessions: tokio::sync::Mutex<HashMap<String, dlq::ListSession>>,
+    /// Where unique jobs' keys are kept (`broker.dedup_url`): RabbitMQ has no such check.
+    dedup: Option<DedupStore>,
 }
 
 #[derive(Clone)]
@@ -141,6 +144,11 @@ impl RabbitBroker {
                 visibility: Mutex::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 list_sessions: tokio::sync::Mutex::new(HashMap::new()),
+                dedup: cfg
+                    .dedup_url
+                    .as_deref()
+                    .map(|u| DedupStore::new(BACKEND, u, &cfg.namespace))
+                    .transpose()?,
             }),
         };
         broker.inner.conn().await?;
@@ -551,24 +559,31 @@ impl RabbitBroker {
 
 #[async_trait]
 impl Producer for RabbitBroker {
-    async fn send(&self, envelope: &Envelope) -> Result<()> {
-        let out = self.outgoing(envelope)?;
-        self.inner.publish_all(std::slice::from_ref(&out)).await
+    async fn send(&self, envelope: &Envelope) -> Result<Sent> {
+        let sent = self.send_batch(std::slice::from_ref(envelope)).await?;
+        Ok(sent.first().copied().unwrap_or(Sent::Enqueued))
     }
 
-    async fn send_batch(&self, envelopes: &[Envelope]) -> Result<()> {
-        let out = envelopes
-            .iter()
-            .map(|e| self.outgoing(e))
-            .collect::<Result<Vec<_>>>()?;
-        self.inner.publish_all(&out).await
+    /// Jobs with a dedup key are checked against the store first (see [`DedupStore::send`]).
+    async fn send_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Sent>> {
+        DedupStore::send(self.inner.dedup.as_ref(), BACKEND, envelopes, |todo| async move {
+            let out = todo
+                .into_iter()
+                .map(|e| self.outgoing(e))
+                .collect::<Result<Vec<_>>>()?;
+            self.inner.publish_all(&out).await
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl Consumer for RabbitBroker {
+    /// A received job whose dedup key another job holds is acked and dropped here, so a
+    /// duplicate published natively ends the same way as one refused at send.
     async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Deliveries> {
-        consume::receive(&self.inner, queue, max, wait).await
+        let got = consume::receive(&self.inner, queue, max, wait).await?;
+        Ok(DedupStore::admit(self.inner.dedup.as_ref(), queue, got).await)
     }
 }
 

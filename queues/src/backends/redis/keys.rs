@@ -13,6 +13,9 @@ pub(super) struct Keys {
     pub(super) meta: String,
     pub(super) dlq: String,
     pub(super) dlq_index: String,
+    /// Prefix of the queue's taken `dedup_key`s (one string key each, value the job id, expiring
+    /// with the window): built like the others so it shares the queue's hash slot.
+    dedup_prefix: String,
 }
 
 impl Keys {
@@ -29,7 +32,13 @@ impl Keys {
             meta: k("meta"),
             dlq: k("dlq"),
             dlq_index: k("dlq:index"),
+            dedup_prefix: k("dedup:"),
         }
+    }
+
+    /// The key that holds `dedup_key` taken for this queue.
+    pub(super) fn dedup(&self, dedup_key: &str) -> String {
+        format!("{}{dedup_key}", self.dedup_prefix)
     }
 }
 
@@ -42,5 +51,6 @@ mod tests {
         let k = Keys::new("jobfleet", "embeddings");
         assert_eq!(k.ready, "jobfleet:embeddings:ready");
         assert_eq!(k.dlq_index, "jobfleet:embeddings:dlq:index");
+        assert_eq!(k.dedup("doc-42"), "jobfleet:embeddings:dedup:doc-42");
     }
 }

@@ -15,6 +15,7 @@
 //! | `ns:q:meta` | HASH | `visibility_ms` set by `declare` |
 //! | `ns:q:dlq` | STREAM | dead letters: `id`, `body`, `reason`, `at`, `broker_id` |
 //! | `ns:q:dlq:index` | HASH | entry id → stream id, for `dlq_get` |
+//! | `ns:q:dedup:<key>` | STRING | job id holding `dedup_key` `<key>`, expiring with its `unique_for` (`SET NX PX` in the script that pushes the job) |
 //!
 //! The receive count doubles as the lease token: a redelivery gets a new count, so a stale
 //! delivery's ack/extend finds no `<id>:<old count>` member and fails with `LeaseLost`.
@@ -40,7 +41,7 @@ use tokio::time::Instant;
 use crate::backends::util;
 use crate::broker::{
     Broker, Consumer, DEFAULT_VISIBILITY, Deliveries, Depth, Inspector, Message, Producer,
-    QueueSpec,
+    QueueSpec, Sent,
 };
 use crate::config::BrokerConfig;
 use crate::envelope::Envelope;
@@ -275,27 +276,46 @@ impl RedisBroker {
 
 #[async_trait]
 impl Producer for RedisBroker {
-    async fn send(&self, envelope: &Envelope) -> Result<()> {
-        self.send_batch(std::slice::from_ref(envelope)).await
+    async fn send(&self, envelope: &Envelope) -> Result<Sent> {
+        let sent = self.send_batch(std::slice::from_ref(envelope)).await?;
+        Ok(sent.first().copied().unwrap_or(Sent::Enqueued))
     }
 
-    /// One pipeline: one `LPUSH` per queue for jobs due now, one script call per delayed job.
-    async fn send_batch(&self, envelopes: &[Envelope]) -> Result<()> {
+    /// One pipeline: one `LPUSH` per queue for jobs due now, one script call per delayed job
+    /// and per job with a dedup key (whose reply says whether it was written).
+    async fn send_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Sent>> {
         if envelopes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let now = Utc::now();
         let mut now_by_queue: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
         let mut pipe = redis::pipe();
-        let mut delayed_any = false;
-        for e in envelopes {
-            match e.run_at.filter(|at| *at > now) {
+        let mut loaded = (false, false);
+        // Indexes of the envelopes whose script reply the pipeline returns, in order.
+        let mut unique = Vec::new();
+        for (i, e) in envelopes.iter().enumerate() {
+            let due = e.run_at.filter(|at| *at > now);
+            if let Some((key, window)) = e.dedup() {
+                let keys = self.inner.keys(&e.queue);
+                let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+                let due_ms = due.map_or(0, |at| at.timestamp_millis());
+                let call =
+                    scripts::send_unique(&keys, key, &e.to_bytes(), &e.id, window_ms, due_ms);
+                if !loaded.1 {
+                    pipe.load_script(call.script()).ignore();
+                    loaded.1 = true;
+                }
+                pipe.invoke_script(&call.invocation());
+                unique.push(i);
+                continue;
+            }
+            match due {
                 Some(at) => {
                     let keys = self.inner.keys(&e.queue);
                     let call = scripts::send_delayed(&keys, &e.to_bytes(), at.timestamp_millis());
-                    if !delayed_any {
+                    if !loaded.0 {
                         pipe.load_script(call.script()).ignore();
-                        delayed_any = true;
+                        loaded.0 = true;
                     }
                     pipe.invoke_script(&call.invocation()).ignore();
                 }
@@ -308,9 +328,17 @@ impl Producer for RedisBroker {
         for (queue, bodies) in &now_by_queue {
             pipe.lpush(self.inner.keys(queue).ready, bodies).ignore();
         }
-        pipe.query_async::<()>(&mut self.inner.conn())
+        let written: Vec<i64> = pipe
+            .query_async(&mut self.inner.conn())
             .await
-            .map_err(|e| self.inner.err("send", e))
+            .map_err(|e| self.inner.err("send", e))?;
+        let mut sent = vec![Sent::Enqueued; envelopes.len()];
+        for (i, w) in unique.into_iter().zip(written) {
+            if w == 0 {
+                sent[i] = Sent::Duplicate;
+            }
+        }
+        Ok(sent)
     }
 }
 

@@ -58,6 +58,7 @@ struct Scripts {
     extend: Script,
     dead_letter: Script,
     send_delayed: Script,
+    send_unique: Script,
     defer: Script,
     depth: Script,
     dlq_remove: Script,
@@ -75,6 +76,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     extend: script(include_str!("lua/extend.lua")),
     dead_letter: script(include_str!("lua/dead_letter.lua")),
     send_delayed: script(include_str!("lua/send_delayed.lua")),
+    send_unique: script(include_str!("lua/send_unique.lua")),
     defer: script(include_str!("lua/defer.lua")),
     depth: script(include_str!("lua/depth.lua")),
     dlq_remove: script(include_str!("lua/dlq_remove.lua")),
@@ -162,6 +164,25 @@ pub(super) fn send_delayed(k: &Keys, body: &[u8], due_ms: i64) -> Call {
     let keys = [&k.ready, &k.msgs, &k.delayed, &k.inflight, &k.seq];
     Call::new(&SCRIPTS.send_delayed, &keys)
         .arg(body)
+        .arg(due_ms)
+}
+
+/// Writes a job with a dedup key unless the key is taken: `due_ms` 0 for now. Reply 1 written,
+/// 0 duplicate.
+pub(super) fn send_unique(
+    k: &Keys,
+    dedup_key: &str,
+    body: &[u8],
+    job_id: &str,
+    window_ms: u64,
+    due_ms: i64,
+) -> Call {
+    let dedup = k.dedup(dedup_key);
+    let keys = [&dedup, &k.ready, &k.msgs, &k.delayed, &k.inflight, &k.seq];
+    Call::new(&SCRIPTS.send_unique, &keys)
+        .arg(body)
+        .arg(job_id)
+        .arg(window_ms.max(1))
         .arg(due_ms)
 }
 

@@ -25,10 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::api::{Api, BACKEND, Subject, is_missing_queue, is_queue_exists, secs_ceil};
 use self::delivery::SqsDelivery;
+use crate::backends::dedup_store::DedupStore;
 use crate::backends::util::lock;
 use crate::broker::{
     Broker, Consumer, DEFAULT_VISIBILITY, Deliveries, Depth, Inspector, Message, Producer,
-    QueueSpec,
+    QueueSpec, Sent,
 };
 use crate::config::BrokerConfig;
 use crate::envelope::Envelope;
@@ -70,6 +71,9 @@ pub(crate) struct Inner {
     urls: Mutex<HashMap<String, Arc<Urls>>>,
     deleters: Mutex<HashMap<String, mpsc::UnboundedSender<acker::DeleteReq>>>,
     leases: leases::Leases,
+    /// Where unique jobs' keys are kept (`broker.dedup_url`): standard queues have no such
+    /// check (FIFO queues' de-duplication lasts a fixed 5 minutes and needs FIFO queues).
+    dedup: Option<DedupStore>,
 }
 
 /// Where a jobfleet queue and its DLQ live.
@@ -96,6 +100,11 @@ impl SqsBroker {
                 urls: Mutex::new(HashMap::new()),
                 deleters: Mutex::new(HashMap::new()),
                 leases: leases::Leases::default(),
+                dedup: cfg
+                    .dedup_url
+                    .as_deref()
+                    .map(|u| DedupStore::new(BACKEND, u, &cfg.namespace))
+                    .transpose()?,
             }),
         })
     }
@@ -515,15 +524,34 @@ fn string_attr(v: &str) -> Result<MessageAttributeValue> {
 
 #[async_trait]
 impl Producer for SqsBroker {
-    async fn send(&self, envelope: &Envelope) -> Result<()> {
-        let urls = self.inner.urls(&envelope.queue, true).await?;
-        let (body, delay) = wire(envelope);
-        self.inner
-            .send_body(&envelope.queue, &urls.main, body, delay, None)
-            .await
+    async fn send(&self, envelope: &Envelope) -> Result<Sent> {
+        let sent = DedupStore::send(
+            self.inner.dedup.as_ref(),
+            BACKEND,
+            std::slice::from_ref(envelope),
+            |_| async move {
+                let urls = self.inner.urls(&envelope.queue, true).await?;
+                let (body, delay) = wire(envelope);
+                self.inner
+                    .send_body(&envelope.queue, &urls.main, body, delay, None)
+                    .await
+            },
+        )
+        .await?;
+        Ok(sent.first().copied().unwrap_or(Sent::Enqueued))
     }
 
-    async fn send_batch(&self, envelopes: &[Envelope]) -> Result<()> {
+    /// Jobs with a dedup key are checked against the store first (see [`DedupStore::send`]).
+    async fn send_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Sent>> {
+        DedupStore::send(self.inner.dedup.as_ref(), BACKEND, envelopes, |todo| {
+            self.send_all(todo)
+        })
+        .await
+    }
+}
+
+impl SqsBroker {
+    async fn send_all(&self, envelopes: Vec<&Envelope>) -> Result<()> {
         // Group by queue, keeping each queue's order, then cut into calls of ≤ 10 and ≤ 256 KiB.
         let mut by_queue: Vec<(&str, Vec<(String, i32)>)> = Vec::new();
         for env in envelopes {
@@ -572,7 +600,16 @@ impl Producer for SqsBroker {
 
 #[async_trait]
 impl Consumer for SqsBroker {
+    /// A received job whose dedup key another job holds is deleted and dropped here, so a
+    /// duplicate sent natively ends the same way as one refused at send.
     async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Deliveries> {
+        let got = self.receive_raw(queue, max, wait).await?;
+        Ok(DedupStore::admit(self.inner.dedup.as_ref(), queue, got).await)
+    }
+}
+
+impl SqsBroker {
+    async fn receive_raw(&self, queue: &str, max: usize, wait: Duration) -> Result<Deliveries> {
         if max == 0 {
             return Ok(Vec::new());
         }
