@@ -87,18 +87,7 @@ impl Store {
     /// Appends one action; returns its id, so a long action (a replay) can fill in its counts
     /// when it ends with [`Store::audit_counts`].
     pub async fn audit(&self, entry: &Entry) -> Result<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO jobfleet.audit_log (actor, action, target, detail, counts) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(entry.actor.as_str())
-        .bind(entry.action.as_str())
-        .bind(&entry.target)
-        .bind(&entry.detail)
-        .bind(&entry.counts)
-        .fetch_one(self.pool())
-        .await
-        .map_err(Error::db("write the audit log"))
+        insert(self.pool(), entry).await
     }
 
     /// Records what an action came to once it has ended.
@@ -118,16 +107,23 @@ impl Store {
         since: Option<DateTime<Utc>>,
         limit: i64,
     ) -> Result<Vec<Record>> {
-        let rows: Vec<(i64, DateTime<Utc>, String, String, String, Value, Option<Value>)> =
-            sqlx::query_as(
-                "SELECT id, at, actor, action, target, detail, counts FROM jobfleet.audit_log \
+        let rows: Vec<(
+            i64,
+            DateTime<Utc>,
+            String,
+            String,
+            String,
+            Value,
+            Option<Value>,
+        )> = sqlx::query_as(
+            "SELECT id, at, actor, action, target, detail, counts FROM jobfleet.audit_log \
                  WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY at DESC, id DESC LIMIT $2",
-            )
-            .bind(since)
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await
-            .map_err(Error::db("read the audit log"))?;
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .map_err(Error::db("read the audit log"))?;
         Ok(rows
             .into_iter()
             .map(|(id, at, actor, action, target, detail, counts)| Record {
@@ -141,6 +137,23 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Appends `entry` through `exec`: the pool, or the transaction of the change it records (a
+/// pause, a cancel), so the row and the change commit together.
+pub(crate) async fn insert<'e>(exec: impl sqlx::PgExecutor<'e>, entry: &Entry) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO jobfleet.audit_log (actor, action, target, detail, counts) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(entry.actor.as_str())
+    .bind(entry.action.as_str())
+    .bind(&entry.target)
+    .bind(&entry.detail)
+    .bind(&entry.counts)
+    .fetch_one(exec)
+    .await
+    .map_err(Error::db("write the audit log"))
 }
 
 #[cfg(test)]
