@@ -83,6 +83,17 @@ impl Record {
     }
 }
 
+/// A row of `jobfleet.audit_log` as selected.
+type AuditRow = (
+    i64,
+    DateTime<Utc>,
+    String,
+    String,
+    String,
+    Value,
+    Option<Value>,
+);
+
 impl Store {
     /// Appends one action; returns its id, so a long action (a replay) can fill in its counts
     /// when it ends with [`Store::audit_counts`].
@@ -107,15 +118,7 @@ impl Store {
         since: Option<DateTime<Utc>>,
         limit: i64,
     ) -> Result<Vec<Record>> {
-        let rows: Vec<(
-            i64,
-            DateTime<Utc>,
-            String,
-            String,
-            String,
-            Value,
-            Option<Value>,
-        )> = sqlx::query_as(
+        let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT id, at, actor, action, target, detail, counts FROM jobfleet.audit_log \
                  WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY at DESC, id DESC LIMIT $2",
         )
