@@ -34,6 +34,22 @@ async fn fresh_store(tag: &str) -> Store {
     Store::new(pool)
 }
 
+/// Drops the database of `store` (at the end of a test that passed).
+async fn drop_db(store: Store) {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    store.pool().close().await;
+    let admin = PgPool::connect(ADMIN_URL).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
+
 fn registration(worker_id: &str, interval_ms: u64) -> Registration {
     Registration {
         instance: uuid::Uuid::new_v4(),
@@ -98,6 +114,7 @@ async fn registry_rows_are_refreshed_judged_lost_and_removed_on_leave() {
     let rows = store.workers().await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].registration.instance, b.instance);
+    drop_db(store).await;
 }
 
 #[tokio::test]
@@ -156,6 +173,7 @@ async fn pause_and_resume_change_the_state_and_write_one_audit_row_each() {
         ]
     );
     assert_eq!(log[3].detail["reason"], "provider incident");
+    drop_db(store).await;
 }
 
 #[tokio::test]
@@ -215,6 +233,7 @@ async fn a_cancel_request_is_pending_until_met_renewable_and_cleared_by_replay()
         .filter(|r| r.known_action() == Some(Action::Cancel))
         .count();
     assert_eq!(cancels, 3);
+    drop_db(store).await;
 }
 
 /// The worker side: a refresh installs pauses and cancels; a request met here is matched no
@@ -280,6 +299,7 @@ async fn the_snapshot_follows_the_database_and_keeps_the_last_state_while_it_is_
     let why = control.status().unwrap_err();
     assert!(why.contains("fleet control state does not answer"), "{why}");
     assert!(why.contains("running with the state read at"), "{why}");
+    drop_db(store).await;
 }
 
 async fn store_url(store: &Store) -> String {

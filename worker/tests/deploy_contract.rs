@@ -286,7 +286,11 @@ fn depth_and_age_alarms_are_silent_while_their_queue_is_paused() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 2 * Config::default().queues.len(), "depth + age per queue");
+    assert_eq!(
+        checked,
+        2 * Config::default().queues.len(),
+        "depth + age per queue"
+    );
 }
 
 #[test]

@@ -53,7 +53,10 @@ pub async fn pause(
     reason: &str,
 ) -> Result<PauseResult, CliError> {
     check_queue(cfg, queue)?;
-    let change = store.pause(actor, queue, reason).await.map_err(fleet_error)?;
+    let change = store
+        .pause(actor, queue, reason)
+        .await
+        .map_err(fleet_error)?;
     Ok(result(cfg, actor, queue, true, change))
 }
 

@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use chrono::Utc;
 use fleet::audit::{Action, Entry};
 use fleet::{Actor, Store};
-use serde_json::json;
 use indicatif::{ProgressBar, ProgressStyle};
 use queues::dlq::{DlqFilter, ScanObserver, ScanOptions, ScanReport};
 use queues::{Broker, DlqEntry};
 use runtime::{Config, Shutdown};
+use serde_json::json;
 
 use super::filter::FilterArgs;
 use crate::audit::{AuditRecord, DlqAction};
@@ -199,7 +199,9 @@ pub async fn run(
     {
         match store.clear_cancels(queue, &observer.written).await {
             Ok(n) => cleared = n,
-            Err(e) => tracing::warn!(error = %e, "could not clear the cancel requests of the replayed jobs; a replayed job cancelled earlier may be cancelled again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not clear the cancel requests of the replayed jobs; a replayed job cancelled earlier may be cancelled again")
+            }
         }
     }
     if let (Some((store, _)), Some(id), Ok(rep)) = (&opts.fleet, audit_id, &result) {
