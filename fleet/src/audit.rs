@@ -87,6 +87,15 @@ impl Store {
     /// Appends one action; returns its id, so a long action (a replay) can fill in its counts
     /// when it ends with [`Store::audit_counts`].
     pub async fn audit(&self, entry: &Entry) -> Result<i64> {
+        Store::audit_with(self.pool(), entry).await
+    }
+
+    /// [`Store::audit`] on a given connection or transaction, so the action and its row
+    /// commit together (a limit change: both or neither).
+    pub async fn audit_with<'c, E>(executor: E, entry: &Entry) -> Result<i64>
+    where
+        E: sqlx::PgExecutor<'c>,
+    {
         sqlx::query_scalar(
             "INSERT INTO jobfleet.audit_log (actor, action, target, detail, counts) \
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -96,7 +105,7 @@ impl Store {
         .bind(&entry.target)
         .bind(&entry.detail)
         .bind(&entry.counts)
-        .fetch_one(self.pool())
+        .fetch_one(executor)
         .await
         .map_err(Error::db("write the audit log"))
     }

@@ -10,6 +10,7 @@
 pub mod actor;
 pub mod audit;
 pub mod error;
+pub mod limits;
 pub mod store;
 
 pub use actor::Actor;

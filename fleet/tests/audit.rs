@@ -24,7 +24,7 @@ async fn fresh_store() -> Store {
     let pool = PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
         .await
         .unwrap();
-    jobfleet_migrations::ensure(&pool).await.unwrap();
+    migrations::ensure(&pool).await.unwrap();
     Store::new(pool)
 }
 

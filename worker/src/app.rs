@@ -49,7 +49,19 @@ pub fn build_registry(cfg: &Config, settings: &JobSettings) -> Result<Registry, 
     if crate::diag::enabled() {
         crate::diag::register(&mut registry);
         crate::diag::register_record(&mut registry, pool);
-        tracing::warn!("diagnostic job kinds (diag_sleep, diag_fail, diag_record) are enabled");
+        tracing::warn!("diagnostic job kinds (diag_sleep, diag_fail, diag_record, diag_span) are enabled");
+    }
+    // A limit on a kind nobody runs is most likely a typo that would silently limit nothing.
+    for kind in cfg.limits.kinds.keys() {
+        if registry.get(kind).is_none() {
+            return Err(CliError::Config(runtime::ConfigError::Invalid {
+                key: format!("limits.{kind}"),
+                message: format!(
+                    "names kind `{kind}`, which this worker does not run (it runs: {})",
+                    registry.kinds().collect::<Vec<_>>().join(", ")
+                ),
+            }));
+        }
     }
     for (kind, policy) in &settings.retry {
         if !registry.set_policy(kind, policy.clone()) {
@@ -96,6 +108,54 @@ pub async fn check_vectors(cfg: &Config, settings: &JobSettings) -> Result<(), C
             Ok(())
         }
     }
+}
+
+/// The control plane's handle over the jobs' database, or `None` with `[fleet] enabled =
+/// false`. A pool of its own, small, each acquire bounded by `connect_timeout`: a database
+/// that is away slows the limiter's lease loop, never a job.
+pub fn fleet_store(cfg: &Config) -> Result<Option<fleet::Store>, CliError> {
+    if !cfg.fleet.enabled {
+        return Ok(None);
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(cfg.worker.connect_timeout)
+        .connect_lazy(&cfg.database.url)
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "database.url is not usable: {e} (set [database] url or JOBFLEET_DATABASE_URL)"
+            ))
+        })?;
+    Ok(Some(fleet::Store::new(pool)))
+}
+
+/// The limiter of a worker process: fleet-wide over `store`, or per process without one.
+async fn limiter(cfg: &Config, store: Option<fleet::Store>) -> fleet::limits::Limiter {
+    use fleet::limits::{Limiter, Timing};
+    match &store {
+        Some(s) => {
+            // The limit tables, when no broker or scheduler has created them yet (Redis,
+            // SQS, RabbitMQ deployments). One query when current; a failure only warns.
+            if let Err(e) = migrations::ensure(s.pool()).await {
+                tracing::warn!(error = %e, "fleet control state not migrated; run `worker migrate`");
+            }
+        }
+        None if !cfg.limits.is_empty() => tracing::warn!(
+            "[fleet] enabled = false: the configured limits hold per process, not fleet-wide"
+        ),
+        None => {}
+    }
+    let id = cfg
+        .worker
+        .id
+        .clone()
+        .unwrap_or_else(runtime::host::process_id);
+    Limiter::new(
+        store,
+        cfg.limits.clone(),
+        id,
+        Timing::from_sample_interval(cfg.worker.sample_interval),
+    )
 }
 
 /// What runs beside the pools.
@@ -154,7 +214,8 @@ impl App {
         let cloudwatch = cfg.cloudwatch.clone();
         let queue_names: Vec<String> = cfg.queues.keys().cloned().collect();
         let db_url = cfg.database.url.clone();
-        let worker = Worker::new(cfg, broker.clone(), registry);
+        let limiter = limiter(&cfg, fleet_store(&cfg)?).await;
+        let worker = Worker::with_limiter(cfg, broker.clone(), registry, limiter);
         worker.health().watch(
             runtime::health::database::SERVICE,
             &db_url,

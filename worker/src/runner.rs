@@ -9,6 +9,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet::limits::{Admission, Limiter};
 use jobs::{JobContext, Registered, Registry};
 use queues::{Delivery, Envelope, QueueError};
 use tokio::sync::watch;
@@ -26,6 +27,7 @@ use crate::verdict::{self, Outcome, Verdict, verdict};
 pub struct Runner {
     registry: Arc<Registry>,
     worker_id: String,
+    limiter: Limiter,
 }
 
 fn panic_message(p: Box<dyn Any + Send>) -> String {
@@ -79,7 +81,14 @@ impl Runner {
         Runner {
             registry,
             worker_id: worker_id.into(),
+            limiter: Limiter::off(),
         }
+    }
+
+    /// Takes permits from `limiter` before each handler starts (fleet-wide limits).
+    pub fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// The worker id written into error histories.
@@ -122,7 +131,8 @@ impl Runner {
                     .finish(&*delivery, &lease, Some(env), None, UNKNOWN_LABEL, outcome)
                     .await;
             };
-            let outcome = attempt(queue, &lease, &*delivery, &env, reg, abort).await;
+            let outcome =
+                attempt(queue, &lease, &*delivery, &env, reg, &self.limiter, abort).await;
             let kind = env.kind.clone();
             self.finish(
                 &*delivery,
@@ -162,19 +172,22 @@ impl Runner {
             },
             Verdict::DeadLetter { .. } => Settled::dead_lettered(kind, &outcome),
             Verdict::HandBack => Settled::HandedBack,
+            Verdict::PutBack { .. } => Settled::HeldBack,
             Verdict::LeaveAlone => Settled::Abandoned,
         }
     }
 }
 
-/// Everything between finding the kind and deciding: the crash-loop check, `validate`, and the
-/// handler's run in a task of its own, raced against the heartbeat and the abort flag.
+/// Everything between finding the kind and deciding: the crash-loop check, `validate`, the
+/// permits of the limits on its kind and queue, and the handler's run in a task of its own,
+/// raced against the heartbeat and the abort flag.
 async fn attempt(
     queue: &str,
     lease: &LeaseClock,
     delivery: &dyn Delivery,
     env: &Envelope,
     reg: &Registered,
+    limiter: &Limiter,
     mut abort: watch::Receiver<bool>,
 ) -> Outcome {
     let policy = &reg.policy;
@@ -185,6 +198,19 @@ async fn attempt(
     if let Err(e) = reg.handler.validate(&env.payload) {
         return Outcome::Invalid(e);
     }
+    // Held at most a quarter of the lease: the heartbeat only starts with the handler, and
+    // the put-back must still find the lease alive.
+    let hold = limiter.timing().refresh.min(lease.visibility() / 4);
+    let _permit = tokio::select! {
+        a = limiter.admit(queue, &env.kind, hold) => match a {
+            Admission::Go(permit) => permit,
+            Admission::HeldBack { scope, retry_after } => {
+                tracing::debug!(%scope, retry_in_ms = retry_after.as_millis() as u64, "held back by a limit");
+                return Outcome::HeldBack { retry_after };
+            }
+        },
+        _ = until_set(&mut abort) => return Outcome::Shutdown,
+    };
 
     ledger::started(queue, &env.kind);
     let started = Instant::now();
@@ -235,6 +261,8 @@ fn log_decision(outcome: &Outcome, v: &Verdict) {
         }
         (_, Verdict::DeadLetter { reason, .. }) => tracing::warn!(%reason, "dead-lettering"),
         (_, Verdict::HandBack) => tracing::warn!("shutdown grace over; handing the job back"),
+        // Logged (debug) where it was held; counted in jobfleet_limit_held_back_total.
+        (_, Verdict::PutBack { .. }) => {}
         // The heartbeat logged the lost lease.
         (_, Verdict::Ack | Verdict::LeaveAlone) => {}
     }

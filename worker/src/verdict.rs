@@ -33,6 +33,9 @@ pub enum Outcome {
     LeaseLost,
     /// The shutdown grace ran out; the handler was cut off.
     Shutdown,
+    /// A fleet-wide limit on its kind or queue had no permit for it within the hold; the
+    /// handler did not run. Not an attempt: it goes back, due after `retry_after`.
+    HeldBack { retry_after: Duration },
 }
 
 impl Outcome {
@@ -60,6 +63,9 @@ pub enum Verdict {
     DeadLetter { error: String, reason: String },
     /// Give it back unchanged, visible at once, for another worker.
     HandBack,
+    /// Put it back unchanged (no attempt counted, receive count started afresh), visible
+    /// again after `delay`: a limit held it back.
+    PutBack { delay: Duration },
     /// Do not touch it: another delivery of the same job owns it now.
     LeaveAlone,
 }
@@ -118,6 +124,11 @@ pub fn verdict(
         Outcome::Succeeded { .. } => return Verdict::Ack,
         Outcome::LeaseLost => return Verdict::LeaveAlone,
         Outcome::Shutdown => return Verdict::HandBack,
+        Outcome::HeldBack { retry_after } => {
+            return Verdict::PutBack {
+                delay: *retry_after,
+            };
+        }
         Outcome::Failed(JobError::RetryAfter { after, message }) => (message.clone(), Some(*after)),
         Outcome::Failed(JobError::Retry(m)) => (m.clone(), None),
         Outcome::TimedOut(t) => (
@@ -376,5 +387,20 @@ mod tests {
         // Not a failure, even on the last attempt: nothing is recorded against it.
         assert_eq!(decide(7, 8, Outcome::Shutdown, 0.5), Verdict::HandBack);
         assert!(!Outcome::Shutdown.is_failed_attempt());
+    }
+
+    #[test]
+    fn held_back_by_a_limit_is_put_back_without_an_attempt() {
+        let outcome = Outcome::HeldBack {
+            retry_after: Duration::from_secs(2),
+        };
+        // Even on its last allowed attempt: nothing ran, so nothing is exhausted.
+        assert_eq!(
+            decide(2, 3, outcome.clone(), 0.5),
+            Verdict::PutBack {
+                delay: Duration::from_secs(2)
+            }
+        );
+        assert!(!outcome.is_failed_attempt());
     }
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet::limits::Limiter;
 use jobs::Registry;
 use queues::{Broker, QueueError, QueueSpec};
 use tokio::sync::watch;
@@ -67,11 +68,23 @@ pub struct Worker {
     runner: Arc<Runner>,
     pools: Arc<Vec<Arc<Pool>>>,
     health: Health,
+    limiter: Limiter,
 }
 
 impl Worker {
-    /// Builds the pools of `cfg.queues`, running the kinds in `registry`.
+    /// Builds the pools of `cfg.queues`, running the kinds in `registry`, with no limits.
     pub fn new(cfg: Config, broker: Arc<dyn Broker>, registry: Registry) -> Self {
+        Worker::with_limiter(cfg, broker, registry, Limiter::off())
+    }
+
+    /// [`Worker::new`], every job taking its permits from `limiter` (fleet-wide limits), whose
+    /// lease loop runs as long as the worker does, drain included.
+    pub fn with_limiter(
+        cfg: Config,
+        broker: Arc<dyn Broker>,
+        registry: Registry,
+        limiter: Limiter,
+    ) -> Self {
         let id = cfg
             .worker
             .id
@@ -90,11 +103,12 @@ impl Worker {
             runtime::health::broker::prober(broker.clone()),
         );
         Worker {
-            runner: Arc::new(Runner::new(Arc::new(registry), id)),
+            runner: Arc::new(Runner::new(Arc::new(registry), id).with_limiter(limiter.clone())),
             cfg,
             broker,
             pools: Arc::new(pools),
             health,
+            limiter,
         }
     }
 
@@ -184,6 +198,11 @@ impl Worker {
             w.connect_timeout,
             async move { s.wait().await },
         ));
+        // Until the drain is over: running jobs keep their slots leased fleet-wide.
+        let (limiter_stop, limiter_stopped) = tokio::sync::oneshot::channel::<()>();
+        let limiter = tokio::spawn(self.limiter.clone().run(async move {
+            let _ = limiter_stopped.await;
+        }));
         let control = tokio::spawn(control_loop(
             self.broker.clone(),
             self.pools.to_vec(),
@@ -242,6 +261,8 @@ impl Worker {
             };
             let _ = tokio::time::timeout(Duration::from_secs(10), rest).await;
         }
+        let _ = limiter_stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(3), limiter).await;
         tracing::info!(handed_back = report.handed_back, "worker stopped");
         Ok(report)
     }
