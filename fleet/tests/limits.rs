@@ -31,7 +31,9 @@ async fn fresh_store() -> (Store, String) {
 
 async fn drop_db(store: Store, name: String) {
     store.pool().close().await;
-    let admin = PgPool::connect(&format!("{SERVER}/postgres")).await.unwrap();
+    let admin = PgPool::connect(&format!("{SERVER}/postgres"))
+        .await
+        .unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE {name} WITH (FORCE)"
     )))
@@ -74,7 +76,8 @@ async fn two_workers_share_one_cap_and_a_crashed_ones_slots_come_back() {
         let (running, most, done) = (running.clone(), most.clone(), done.clone());
         jobs.push(tokio::spawn(async move {
             loop {
-                if let Admission::Go(_permit) = l.admit("q", "k", Duration::from_millis(300)).await {
+                if let Admission::Go(_permit) = l.admit("q", "k", Duration::from_millis(300)).await
+                {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -86,7 +89,10 @@ async fn two_workers_share_one_cap_and_a_crashed_ones_slots_come_back() {
         }));
     }
     for j in jobs {
-        tokio::time::timeout(Duration::from_secs(60), j).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), j)
+            .await
+            .unwrap()
+            .unwrap();
     }
     assert_eq!(done.load(Ordering::SeqCst), 40);
     let most = most.load(Ordering::SeqCst);
@@ -94,23 +100,35 @@ async fn two_workers_share_one_cap_and_a_crashed_ones_slots_come_back() {
     assert!(most >= 2, "the cap was never shared: at most {most}");
 
     // Worker a "crashes" holding all three slots: its loop is aborted, nothing released.
+    // (First a few ticks with nothing to do, so b's lease drops to 0, and after taking them
+    // a tick or two, so a's lease records them.)
+    let t = timing();
+    tokio::time::sleep(t.tick * 3).await;
     let held: Vec<_> = futures_take(&a, 3).await;
     assert_eq!(held.len(), 3);
+    tokio::time::sleep(t.tick * 2).await;
     task_a.abort();
-    let t = timing();
     // b gets nothing while a's lease lives, and a slot once it has expired.
-    assert!(matches!(b.admit("q", "k", t.tick * 2).await, Admission::HeldBack { .. }));
+    assert!(matches!(
+        b.admit("q", "k", t.tick * 2).await,
+        Admission::HeldBack { .. }
+    ));
     let got = b.admit("q", "k", t.lease_ttl + t.tick * 4).await;
-    assert!(matches!(got, Admission::Go(_)), "a crashed worker's slots never came back");
+    assert!(
+        matches!(got, Admission::Go(_)),
+        "a crashed worker's slots never came back"
+    );
     drop(got);
     drop(held);
     drop(stop_a);
     stop_b.notify_one();
     task_b.await.unwrap();
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobfleet.limit_leases WHERE worker_id = 'worker-b'")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobfleet.limit_leases WHERE worker_id = 'worker-b'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
     assert_eq!(left, 0, "a clean exit releases its leases");
     drop_db(store, db).await;
 }
@@ -143,7 +161,11 @@ async fn an_override_reaches_a_running_limiter_and_is_audited() {
         .set_limit(&scope, None, Some(4), &actor)
         .await
         .unwrap();
-    assert_eq!(o.rate.unwrap().to_string(), "100/min", "a later change keeps the other field");
+    assert_eq!(
+        o.rate.unwrap().to_string(),
+        "100/min",
+        "a later change keeps the other field"
+    );
     assert_eq!(o.concurrency, Some(4));
     // Within one refresh (the sample interval) plus a tick.
     tokio::time::sleep(timing().refresh + timing().tick * 2).await;
@@ -152,7 +174,10 @@ async fn an_override_reaches_a_running_limiter_and_is_audited() {
     assert!(store.set_limit(&scope, None, None, &actor).await.is_err());
     store.clear_limit(&scope, &actor).await.unwrap();
     tokio::time::sleep(timing().refresh + timing().tick * 2).await;
-    assert!(l.in_force().is_empty(), "cleared, and nothing in the config");
+    assert!(
+        l.in_force().is_empty(),
+        "cleared, and nothing in the config"
+    );
     let actions: Vec<(String, String)> =
         sqlx::query_as("SELECT actor, action FROM jobfleet.audit_log ORDER BY id")
             .fetch_all(store.pool())

@@ -49,7 +49,9 @@ pub fn build_registry(cfg: &Config, settings: &JobSettings) -> Result<Registry, 
     if crate::diag::enabled() {
         crate::diag::register(&mut registry);
         crate::diag::register_record(&mut registry, pool);
-        tracing::warn!("diagnostic job kinds (diag_sleep, diag_fail, diag_record, diag_span) are enabled");
+        tracing::warn!(
+            "diagnostic job kinds (diag_sleep, diag_fail, diag_record, diag_span) are enabled"
+        );
     }
     // A limit on a kind nobody runs is most likely a typo that would silently limit nothing.
     for kind in cfg.limits.kinds.keys() {

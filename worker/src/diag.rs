@@ -276,7 +276,10 @@ impl Handler for Span {
             .await
             .map_err(db_error)?;
         tokio::time::sleep(Duration::from_millis(ms(payload).unwrap_or(0))).await;
-        let run = payload.get("run").and_then(Value::as_str).unwrap_or_default();
+        let run = payload
+            .get("run")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         sqlx::query(
             "INSERT INTO jobfleet_diag.spans (run, job_id, attempt, pid, started_at, ended_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",

@@ -131,8 +131,7 @@ impl Runner {
                     .finish(&*delivery, &lease, Some(env), None, UNKNOWN_LABEL, outcome)
                     .await;
             };
-            let outcome =
-                attempt(queue, &lease, &*delivery, &env, reg, &self.limiter, abort).await;
+            let outcome = attempt(queue, &lease, &*delivery, &env, reg, &self.limiter, abort).await;
             let kind = env.kind.clone();
             self.finish(
                 &*delivery,

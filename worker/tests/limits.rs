@@ -268,23 +268,48 @@ async fn concurrency_cap_holds_and_a_runtime_change_takes_effect_within_an_inter
     );
     let changed = Utc::now();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("diag_span") && stdout.contains("limits-test@"), "{stdout}");
+    assert!(
+        stdout.contains("diag_span") && stdout.contains("limits-test@"),
+        "{stdout}"
+    );
 
     let settled = changed + chrono::Duration::milliseconds(500 + 300 + 100);
-    wait_until(Duration::from_secs(60), "30 jobs ran after the change", || async {
-        fleet.spans(&run).await.iter().filter(|s| s.3 >= settled).count() >= 30
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "30 jobs ran after the change",
+        || async {
+            fleet
+                .spans(&run)
+                .await
+                .iter()
+                .filter(|s| s.3 >= settled)
+                .count()
+                >= 30
+        },
+    )
     .await;
     let spans = fleet.spans(&run).await;
     let before: Vec<Span> = spans.iter().filter(|s| s.3 < changed).cloned().collect();
     let most_before = most_at_once(&before, before[0].3);
-    assert!(most_before <= 5, "{most_before} ran at once under a cap of 5");
-    assert!(most_before >= 4, "the cap was not used: at most {most_before} at once");
+    assert!(
+        most_before <= 5,
+        "{most_before} ran at once under a cap of 5"
+    );
+    assert!(
+        most_before >= 4,
+        "the cap was not used: at most {most_before} at once"
+    );
     let pids: std::collections::BTreeSet<_> = before.iter().map(|s| s.2).collect();
     assert!(pids.len() >= 2, "one process kept the whole cap: {pids:?}");
     let most_after = most_at_once(&spans, settled);
-    assert!(most_after <= 2, "{most_after} ran at once after lowering the cap to 2");
-    assert!(spans.iter().all(|s| s.1 == 1), "a held-back job counted an attempt");
+    assert!(
+        most_after <= 2,
+        "{most_after} ran at once after lowering the cap to 2"
+    );
+    assert!(
+        spans.iter().all(|s| s.1 == 1),
+        "a held-back job counted an attempt"
+    );
 
     let listed = cli(&fleet.config)
         .args(["limits", "--json"])
@@ -301,16 +326,26 @@ async fn concurrency_cap_holds_and_a_runtime_change_takes_effect_within_an_inter
         .args(["limit", "diag_span", "--clear"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let audit: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT actor, action, target FROM jobfleet.audit_log ORDER BY id",
-    )
-    .fetch_all(&fleet.pool)
-    .await
-    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT actor, action, target FROM jobfleet.audit_log ORDER BY id")
+            .fetch_all(&fleet.pool)
+            .await
+            .unwrap();
     assert_eq!(audit.len(), 2, "{audit:?}");
-    assert!(audit.iter().all(|a| a.0.starts_with("limits-test@") && a.2 == "kind:diag_span"));
-    assert_eq!((audit[0].1.as_str(), audit[1].1.as_str()), ("limit_set", "limit_clear"));
+    assert!(
+        audit
+            .iter()
+            .all(|a| a.0.starts_with("limits-test@") && a.2 == "kind:diag_span")
+    );
+    assert_eq!(
+        (audit[0].1.as_str(), audit[1].1.as_str()),
+        ("limit_set", "limit_clear")
+    );
     fleet.finish(procs).await;
 }
 
@@ -320,10 +355,22 @@ async fn concurrency_cap_holds_and_a_runtime_change_takes_effect_within_an_inter
 async fn bad_limit_input_is_refused_with_nothing_written() {
     let fleet = Fleet::new("500ms", "").await;
     for (args, names) in [
-        (vec!["limit", "diag_span", "--rate", "3000/fortnight"], "3000/fortnight"),
-        (vec!["limit", "no_such_kind", "--rate", "10/s"], "no_such_kind"),
-        (vec!["limit", "no_such_queue", "--queue", "--concurrency", "2"], "no_such_queue"),
-        (vec!["limit", "diag_span", "--concurrency", "0"], "--concurrency 0"),
+        (
+            vec!["limit", "diag_span", "--rate", "3000/fortnight"],
+            "3000/fortnight",
+        ),
+        (
+            vec!["limit", "no_such_kind", "--rate", "10/s"],
+            "no_such_kind",
+        ),
+        (
+            vec!["limit", "no_such_queue", "--queue", "--concurrency", "2"],
+            "no_such_queue",
+        ),
+        (
+            vec!["limit", "diag_span", "--concurrency", "0"],
+            "--concurrency 0",
+        ),
     ] {
         let out = cli(&fleet.config).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -43,7 +43,8 @@ impl Timing {
     /// (between 100 ms and 500 ms, so a rate is spread evenly enough over a second), leases
     /// lost after three intervals.
     pub fn from_sample_interval(sample_interval: Duration) -> Timing {
-        let tick = (sample_interval / 4).clamp(Duration::from_millis(100), Duration::from_millis(500));
+        let tick =
+            (sample_interval / 4).clamp(Duration::from_millis(100), Duration::from_millis(500));
         Timing {
             tick,
             refresh: sample_interval,
@@ -100,6 +101,10 @@ struct Inner {
     /// A job started waiting: the tick loop runs early.
     demand: Notify,
     synced: AtomicBool,
+    /// The overrides were read once (or there are none to read): until then a job waits up
+    /// to its hold, so the first jobs after a start cannot slip past a limit.
+    loaded: AtomicBool,
+    loaded_changed: Notify,
 }
 
 #[derive(Default)]
@@ -131,13 +136,17 @@ struct Local {
     admitted: u32,
     /// Workers sharing the scope at the last tick (the fallback share of the rate).
     workers: u32,
+    /// A tick reached the control state at least once: there is a fleet grant to keep.
+    synced_once: bool,
     /// This process's starts per second, smoothed.
     current_rate: f64,
 }
 
 enum Take {
     /// The permit parts were taken (`slot`: a concurrency slot, to give back on drop).
-    Taken { slot: bool },
+    Taken {
+        slot: bool,
+    },
     /// The scope's limit was lifted meanwhile.
     Lifted,
     Blocked,
@@ -214,18 +223,34 @@ impl Drop for Waiting {
 impl Limiter {
     /// No limits and no control plane: every job goes at once.
     pub fn off() -> Limiter {
-        Limiter::build(None, LimitsConfig::default(), String::new(), Timing::from_sample_interval(Duration::from_secs(2)))
+        Limiter::build(
+            None,
+            LimitsConfig::default(),
+            String::new(),
+            Timing::from_sample_interval(Duration::from_secs(2)),
+        )
     }
 
     /// The configured limits, and the overrides, leased from `store` (the fleet-wide mode).
     /// With `store` absent (`[fleet] enabled = false`) the configured limits hold per process.
     /// Nothing is enforced until [`Limiter::run`] has read the limits once.
-    pub fn new(store: Option<Store>, config: LimitsConfig, worker_id: impl Into<String>, timing: Timing) -> Limiter {
+    pub fn new(
+        store: Option<Store>,
+        config: LimitsConfig,
+        worker_id: impl Into<String>,
+        timing: Timing,
+    ) -> Limiter {
         Limiter::build(store, config, worker_id.into(), timing)
     }
 
-    fn build(store: Option<Store>, config: LimitsConfig, worker_id: String, timing: Timing) -> Limiter {
-        Limiter {
+    fn build(
+        store: Option<Store>,
+        config: LimitsConfig,
+        worker_id: String,
+        timing: Timing,
+    ) -> Limiter {
+        let loaded = store.is_none();
+        let l = Limiter {
             inner: Arc::new(Inner {
                 store,
                 config,
@@ -235,8 +260,13 @@ impl Limiter {
                 scopes: RwLock::new(Arc::new(Scopes::default())),
                 demand: Notify::new(),
                 synced: AtomicBool::new(true),
+                loaded: AtomicBool::new(loaded),
+                loaded_changed: Notify::new(),
             }),
-        }
+        };
+        // The configured limits hold from the first job on, before the loop has run.
+        l.apply(effective(&l.inner.config, &[]));
+        l
     }
 
     /// The timing it runs on.
@@ -270,6 +300,16 @@ impl Limiter {
 
     /// Takes the permits a job of `kind` from `queue` needs, waiting up to `hold` for them.
     pub async fn admit(&self, queue: &str, kind: &str, hold: Duration) -> Admission {
+        if !self.inner.loaded.load(Ordering::Acquire) {
+            let n = self.inner.loaded_changed.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !self.inner.loaded.load(Ordering::Acquire) {
+                // Still not read after the hold (database away at start): the configured
+                // limits, applied at construction, are what holds.
+                let _ = tokio::time::timeout(hold, n).await;
+            }
+        }
         if !self.inner.any.load(Ordering::Acquire) {
             return Admission::Go(Permit::none());
         }
@@ -363,10 +403,19 @@ impl Limiter {
             }
         }
         if let Some(store) = &self.inner.store {
-            match tokio::time::timeout(Duration::from_secs(2), store.limit_release(&self.inner.worker_id)).await {
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                store.limit_release(&self.inner.worker_id),
+            )
+            .await
+            {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "limit leases not released; they expire on their own"),
-                Err(_) => tracing::warn!("limit leases not released in time; they expire on their own"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "limit leases not released; they expire on their own")
+                }
+                Err(_) => {
+                    tracing::warn!("limit leases not released in time; they expire on their own")
+                }
             }
         }
     }
@@ -397,6 +446,9 @@ impl Limiter {
             },
         };
         self.apply(effective(&self.inner.config, &overrides));
+        if !self.inner.loaded.swap(true, Ordering::AcqRel) {
+            self.inner.loaded_changed.notify_waiters();
+        }
     }
 
     fn apply(&self, limits: BTreeMap<Scope, LimitConfig>) {
@@ -512,19 +564,29 @@ impl Limiter {
                     l.tokens += r.tokens;
                     l.granted = r.slots;
                     l.workers = r.workers.max(1);
+                    l.synced_once = true;
                 }
                 None => {
                     // No control plane, or it is away: this process's share, refilled here.
                     l.tokens += give_back;
                     if let Some(rate) = limit.rate {
                         let share = rate.per_sec() / l.workers.max(1) as f64;
-                        let cap = (alloc::burst(rate.per_sec(), t.tick) / l.workers.max(1) as f64).max(1.0);
-                        let have = alloc::refill(l.tokens as f64 + l.fraction, elapsed.as_secs_f64(), share, cap);
+                        let cap = (alloc::burst(rate.per_sec(), t.tick) / l.workers.max(1) as f64)
+                            .max(1.0);
+                        let have = alloc::refill(
+                            l.tokens as f64 + l.fraction,
+                            elapsed.as_secs_f64(),
+                            share,
+                            cap,
+                        );
                         l.tokens = have.floor() as u32;
                         l.fraction = have - have.floor();
                     }
-                    if self.inner.store.is_none() {
-                        l.granted = limit.concurrency.unwrap_or(0);
+                    // Without a grant ever read (the database away since the start), the
+                    // process's share of the cap, as for the rate.
+                    if self.inner.store.is_none() || !l.synced_once {
+                        let share = limit.concurrency.unwrap_or(0) / l.workers.max(1);
+                        l.granted = share.max(1);
                     }
                 }
             }
@@ -550,16 +612,27 @@ mod tests {
     }
 
     fn local(text: &str, sample: Duration) -> Limiter {
-        Limiter::new(None, limits(text), "w", Timing::from_sample_interval(sample))
+        Limiter::new(
+            None,
+            limits(text),
+            "w",
+            Timing::from_sample_interval(sample),
+        )
     }
 
     #[tokio::test]
     async fn no_limit_admits_at_once() {
         let l = Limiter::off();
-        assert!(matches!(l.admit("q", "k", Duration::ZERO).await, Admission::Go(_)));
+        assert!(matches!(
+            l.admit("q", "k", Duration::ZERO).await,
+            Admission::Go(_)
+        ));
         let l = local("[other]\nconcurrency = 1\n", Duration::from_secs(1));
         l.refresh().await;
-        assert!(matches!(l.admit("q", "k", Duration::ZERO).await, Admission::Go(_)));
+        assert!(matches!(
+            l.admit("q", "k", Duration::ZERO).await,
+            Admission::Go(_)
+        ));
     }
 
     /// Per process (no control plane): a concurrency cap of 2 admits two, holds the third
@@ -581,11 +654,19 @@ mod tests {
         }
         let waiter = {
             let l = l.clone();
-            tokio::spawn(async move { matches!(l.admit("q", "k", Duration::from_secs(5)).await, Admission::Go(_)) })
+            tokio::spawn(async move {
+                matches!(
+                    l.admit("q", "k", Duration::from_secs(5)).await,
+                    Admission::Go(_)
+                )
+            })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(a);
-        assert!(waiter.await.unwrap(), "the freed slot went to the waiting job");
+        assert!(
+            waiter.await.unwrap(),
+            "the freed slot went to the waiting job"
+        );
     }
 
     /// Per process: a rate of 20/s admits about 20 a second (plus the first burst).
@@ -615,12 +696,21 @@ mod tests {
     /// the kind's token.
     #[tokio::test]
     async fn kind_and_queue_limits_both_apply() {
-        let l = local("[k]\nconcurrency = 5\n[queue.q]\nconcurrency = 1\n", Duration::from_secs(1));
+        let l = local(
+            "[k]\nconcurrency = 5\n[queue.q]\nconcurrency = 1\n",
+            Duration::from_secs(1),
+        );
         l.refresh().await;
         let hold = Duration::from_millis(20);
         let first = l.admit("q", "k", hold).await;
         assert!(matches!(first, Admission::Go(_)));
-        assert!(matches!(l.admit("q", "k", hold).await, Admission::HeldBack { scope: Scope::Queue(_), .. }));
+        assert!(matches!(
+            l.admit("q", "k", hold).await,
+            Admission::HeldBack {
+                scope: Scope::Queue(_),
+                ..
+            }
+        ));
         // Other queue: only the kind's cap applies, and the held-back job gave its slot back.
         let mut held = Vec::new();
         for _ in 0..4 {
@@ -628,6 +718,12 @@ mod tests {
             assert!(matches!(a, Admission::Go(_)));
             held.push(a);
         }
-        assert!(matches!(l.admit("r", "k", hold).await, Admission::HeldBack { scope: Scope::Kind(_), .. }));
+        assert!(matches!(
+            l.admit("r", "k", hold).await,
+            Admission::HeldBack {
+                scope: Scope::Kind(_),
+                ..
+            }
+        ));
     }
 }

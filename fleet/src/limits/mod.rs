@@ -112,7 +112,10 @@ mod tests {
 
     #[test]
     fn scope_keys_round_trip() {
-        for s in [Scope::Kind("embed_document".into()), Scope::Queue("q".into())] {
+        for s in [
+            Scope::Kind("embed_document".into()),
+            Scope::Queue("q".into()),
+        ] {
             assert_eq!(Scope::from_key(&s.key()), Some(s));
         }
         assert_eq!(Scope::from_key("tenant:x"), None);

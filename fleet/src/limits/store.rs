@@ -112,7 +112,11 @@ impl Store {
                 })
             })
             .transpose()?;
-        let mut tx = self.pool().begin().await.map_err(Error::db("set a limit"))?;
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .map_err(Error::db("set a limit"))?;
         let row: OverrideRow = sqlx::query_as(
             "INSERT INTO jobfleet.limit_overrides (scope, rate, concurrency, set_by) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (scope) DO UPDATE SET \
@@ -153,7 +157,11 @@ impl Store {
     /// Removes the override of `scope` (the config file's limit applies again) and writes the
     /// audit row, in one transaction. Returns the override removed, if there was one.
     pub async fn clear_limit(&self, scope: &Scope, actor: &Actor) -> Result<Option<Override>> {
-        let mut tx = self.pool().begin().await.map_err(Error::db("clear a limit"))?;
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .map_err(Error::db("clear a limit"))?;
         let row: Option<OverrideRow> = sqlx::query_as(
             "DELETE FROM jobfleet.limit_overrides WHERE scope = $1 \
              RETURNING scope, rate, concurrency, set_by, set_at",

@@ -59,15 +59,21 @@ impl FromStr for Rate {
             .parse()
             .map_err(|_| err("the count is not a whole number"))?;
         if count == 0 {
-            return Err(err("the count must be at least 1 (use --clear to lift a limit)"));
+            return Err(err(
+                "the count must be at least 1 (use --clear to lift a limit)",
+            ));
         }
         let period = period.trim();
-        let digits = period.len() - period.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let digits = period.len()
+            - period
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .len();
         let (n, u) = period.split_at(digits);
         let n: u32 = if n.is_empty() {
             1
         } else {
-            n.parse().map_err(|_| err("the period's number is too large"))?
+            n.parse()
+                .map_err(|_| err("the period's number is too large"))?
         };
         let u = u.trim();
         let per = unit(u).ok_or_else(|| err("unknown unit; use ms, s, min, h or d"))? * n;
@@ -81,10 +87,15 @@ impl FromStr for Rate {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.per.as_millis();
-        let (n, u) = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "min"), (1000, "s")]
-            .into_iter()
-            .find(|(size, _)| ms % size == 0)
-            .map_or((ms, "ms"), |(size, u)| (ms / size, u));
+        let (n, u) = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "min"),
+            (1000, "s"),
+        ]
+        .into_iter()
+        .find(|(size, _)| ms % size == 0)
+        .map_or((ms, "ms"), |(size, u)| (ms / size, u));
         if n == 1 {
             write!(f, "{}/{u}", self.count)
         } else {
@@ -140,7 +151,10 @@ pub struct LimitsConfig {
 impl LimitsConfig {
     /// Whether no limit is configured at all.
     pub fn is_empty(&self) -> bool {
-        self.queue.values().chain(self.kinds.values()).all(LimitConfig::is_empty)
+        self.queue
+            .values()
+            .chain(self.kinds.values())
+            .all(LimitConfig::is_empty)
     }
 
     /// Checks the values serde cannot; `known_queue` says whether a queue is configured. The
@@ -215,7 +229,16 @@ mod tests {
 
     #[test]
     fn bad_rates_name_the_value() {
-        for bad in ["3000/fortnight", "3000", "x/min", "0/min", "-5/s", "5/0s", "/min", ""] {
+        for bad in [
+            "3000/fortnight",
+            "3000",
+            "x/min",
+            "0/min",
+            "-5/s",
+            "5/0s",
+            "/min",
+            "",
+        ] {
             let e = bad.parse::<Rate>().unwrap_err().to_string();
             assert!(e.contains(&format!("`{bad}`")), "{bad}: {e}");
         }

@@ -188,7 +188,15 @@ pub fn render(rows: &[LimitRow], json: bool) -> String {
     let mut t = Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     t.set_header(vec![
-        "scope", "name", "rate", "from", "concurrency", "from", "slots held", "workers", "set by",
+        "scope",
+        "name",
+        "rate",
+        "from",
+        "concurrency",
+        "from",
+        "slots held",
+        "workers",
+        "set by",
     ]);
     for r in rows {
         t.add_row(vec![
@@ -265,7 +273,11 @@ pub async fn list(cfg: &Config, store: &Store) -> Result<Vec<LimitRow>, CliError
 }
 
 /// `worker limit ...`: checks, applies, prints what is in force now.
-pub async fn execute(cfg: &Config, settings: &JobSettings, args: &LimitArgs) -> Result<(), CliError> {
+pub async fn execute(
+    cfg: &Config,
+    settings: &JobSettings,
+    args: &LimitArgs,
+) -> Result<(), CliError> {
     let change = check(cfg, settings, args)?;
     let store = store(cfg).await?;
     let Some(change) = change else {
@@ -330,7 +342,10 @@ mod tests {
         let mut a = args(Some("noop"));
         a.rate = Some("3000/fortnight".into());
         let e = usage(&a);
-        assert!(e.contains("`3000/fortnight`") && e.contains("--rate"), "{e}");
+        assert!(
+            e.contains("`3000/fortnight`") && e.contains("--rate"),
+            "{e}"
+        );
         let mut a = args(Some("no_such_kind"));
         a.rate = Some("10/s".into());
         let e = usage(&a);
