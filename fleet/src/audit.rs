@@ -90,6 +90,15 @@ impl Store {
         insert(self.pool(), entry).await
     }
 
+    /// [`Store::audit`] on a given connection or transaction, so the action and its row
+    /// commit together (a limit change: both or neither).
+    pub async fn audit_with<'c, E>(executor: E, entry: &Entry) -> Result<i64>
+    where
+        E: sqlx::PgExecutor<'c>,
+    {
+        insert(executor, entry).await
+    }
+
     /// Records what an action came to once it has ended.
     pub async fn audit_counts(&self, id: i64, counts: &Value) -> Result<()> {
         sqlx::query("UPDATE jobfleet.audit_log SET counts = $2 WHERE id = $1")

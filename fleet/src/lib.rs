@@ -11,6 +11,7 @@ pub mod actor;
 pub mod audit;
 pub mod cancel;
 pub mod error;
+pub mod limits;
 pub mod pause;
 pub mod registry;
 pub mod snapshot;

@@ -49,7 +49,21 @@ pub fn build_registry(cfg: &Config, settings: &JobSettings) -> Result<Registry, 
     if crate::diag::enabled() {
         crate::diag::register(&mut registry);
         crate::diag::register_record(&mut registry, pool);
-        tracing::warn!("diagnostic job kinds (diag_sleep, diag_fail, diag_record) are enabled");
+        tracing::warn!(
+            "diagnostic job kinds (diag_sleep, diag_fail, diag_record, diag_span) are enabled"
+        );
+    }
+    // A limit on a kind nobody runs is most likely a typo that would silently limit nothing.
+    for kind in cfg.limits.kinds.keys() {
+        if registry.get(kind).is_none() {
+            return Err(CliError::Config(runtime::ConfigError::Invalid {
+                key: format!("limits.{kind}"),
+                message: format!(
+                    "names kind `{kind}`, which this worker does not run (it runs: {})",
+                    registry.kinds().collect::<Vec<_>>().join(", ")
+                ),
+            }));
+        }
     }
     for (kind, policy) in &settings.retry {
         if !registry.set_policy(kind, policy.clone()) {
@@ -142,6 +156,35 @@ pub async fn check_vectors(cfg: &Config, settings: &JobSettings) -> Result<(), C
     }
 }
 
+/// The limiter of a worker process: fleet-wide over `store`, or per process without one.
+async fn limiter(cfg: &Config, store: Option<fleet::Store>) -> fleet::limits::Limiter {
+    use fleet::limits::{Limiter, Timing};
+    match &store {
+        Some(s) => {
+            // The limit tables, when no broker or scheduler has created them yet (Redis,
+            // SQS, RabbitMQ deployments). One query when current; a failure only warns.
+            if let Err(e) = migrations::ensure(s.pool()).await {
+                tracing::warn!(error = %e, "fleet control state not migrated; run `worker migrate`");
+            }
+        }
+        None if !cfg.limits.is_empty() => tracing::warn!(
+            "[fleet] enabled = false: the configured limits hold per process, not fleet-wide"
+        ),
+        None => {}
+    }
+    let id = cfg
+        .worker
+        .id
+        .clone()
+        .unwrap_or_else(runtime::host::process_id);
+    Limiter::new(
+        store,
+        cfg.limits.clone(),
+        id,
+        Timing::from_sample_interval(cfg.worker.sample_interval),
+    )
+}
+
 /// What runs beside the pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Serve {
@@ -198,8 +241,14 @@ impl App {
         let cloudwatch = cfg.cloudwatch.clone();
         let queue_names: Vec<String> = cfg.queues.keys().cloned().collect();
         let db_url = cfg.database.url.clone();
-        let cfg_fleet = cfg.clone();
-        let worker = Worker::new(cfg, broker.clone(), registry);
+        // `[fleet] enabled = false` runs the process on its own: no registry, pause, cancel or
+        // fleet-wide limits (the bench's baseline).
+        let fleet = match cfg.fleet.enabled {
+            true => Some(worker_fleet_store(&cfg).await?),
+            false => None,
+        };
+        let limiter = limiter(&cfg, fleet.clone()).await;
+        let worker = Worker::with_limiter(cfg, broker.clone(), registry, limiter);
         worker.health().watch(
             runtime::health::database::SERVICE,
             &db_url,
@@ -208,7 +257,10 @@ impl App {
         if serve == Serve::PoolsOnly {
             return Ok(worker.run(shutdown).await?);
         }
-        let worker = worker.with_fleet(worker_fleet_store(&cfg_fleet).await?);
+        let worker = match fleet {
+            Some(store) => worker.with_fleet(store),
+            None => worker,
+        };
         worker.serve_admin(admin_addr, &shutdown).await?;
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let publisher = if cloudwatch.enabled {

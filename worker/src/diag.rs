@@ -10,6 +10,9 @@
 //!   (`bench/drill.sh`) can count how often each job ran: nothing lost = every key present,
 //!   run twice = a key present more than once. `key` defaults to the job id (a scheduled job
 //!   passes its `{{tick}}`, since each tick is a new envelope).
+//! - `diag_span {"run": "...", "ms": N}`: notes when its handler started, sleeps N ms, then
+//!   inserts one row with the start and end times into `jobfleet_diag.spans`, so the limit tests
+//!   can count starts per second and jobs running at once across processes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +37,10 @@ pub fn register(r: &mut Registry) {
     r.register(Arc::new(Fail), RetryPolicy::default());
 }
 
-/// Adds `diag_record`, writing to `db`, with the default policy.
+/// Adds `diag_record` and `diag_span`, writing to `db`, with the default policy.
 pub fn register_record(r: &mut Registry, db: PgPool) {
-    r.register(Arc::new(Record::new(db)), RetryPolicy::default());
+    r.register(Arc::new(Record::new(db.clone())), RetryPolicy::default());
+    r.register(Arc::new(Span::new(db)), RetryPolicy::default());
 }
 
 /// The payload checks of the diagnostic kinds, without a database.
@@ -45,6 +49,7 @@ pub fn validators() -> Validators {
     v.insert("diag_sleep", |p| Sleep.validate(p));
     v.insert("diag_fail", |p| Fail.validate(p));
     v.insert("diag_record", check_record);
+    v.insert("diag_span", check_span);
     v
 }
 
@@ -193,6 +198,102 @@ impl Handler for Record {
         .await
         .map_err(db_error)?;
         Ok(Outcome::new(format!("recorded {key}")))
+    }
+}
+
+/// `diag_span`.
+pub struct Span {
+    db: PgPool,
+    table_ready: OnceCell<()>,
+}
+
+impl Span {
+    /// Records into `jobfleet_diag.spans` on `db` (created on first use).
+    pub fn new(db: PgPool) -> Span {
+        Span {
+            db,
+            table_ready: OnceCell::new(),
+        }
+    }
+
+    async fn ensure_table(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('jobfleet_diag.spans'))")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("CREATE SCHEMA IF NOT EXISTS jobfleet_diag")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS jobfleet_diag.spans (
+                run text NOT NULL,
+                job_id text NOT NULL,
+                attempt int NOT NULL,
+                pid int NOT NULL,
+                started_at timestamptz NOT NULL,
+                ended_at timestamptz NOT NULL
+            )",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("CREATE INDEX IF NOT EXISTS spans_run ON jobfleet_diag.spans (run)")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+}
+
+fn check_span(payload: &Value) -> Result<(), JobError> {
+    if payload.get("run").is_some_and(Value::is_string)
+        && payload.get("ms").is_none_or(Value::is_u64)
+    {
+        Ok(())
+    } else {
+        Err(JobError::bad_payload(
+            "diag_span",
+            "needs {\"run\": <string>, \"ms\": <integer, optional>}",
+        ))
+    }
+}
+
+#[async_trait]
+impl Handler for Span {
+    fn kind(&self) -> &'static str {
+        "diag_span"
+    }
+
+    fn validate(&self, payload: &Value) -> Result<(), JobError> {
+        check_span(payload)
+    }
+
+    async fn run(&self, ctx: &JobContext, payload: &Value) -> Result<Outcome, JobError> {
+        // The wall clock, not a monotonic one: spans of several processes are compared.
+        let started = chrono::Utc::now();
+        let db_error = |e: sqlx::Error| JobError::Retry(format!("diag_span: {e}"));
+        // Before the sleep, so the first job's table set-up does not count as its run time.
+        self.table_ready
+            .get_or_try_init(|| self.ensure_table())
+            .await
+            .map_err(db_error)?;
+        tokio::time::sleep(Duration::from_millis(ms(payload).unwrap_or(0))).await;
+        let run = payload
+            .get("run")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO jobfleet_diag.spans (run, job_id, attempt, pid, started_at, ended_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(run)
+        .bind(&ctx.job_id)
+        .bind(ctx.attempt as i32)
+        .bind(std::process::id() as i32)
+        .bind(started)
+        .bind(chrono::Utc::now())
+        .execute(&self.db)
+        .await
+        .map_err(db_error)?;
+        Ok(Outcome::new(format!("span of {}", ctx.job_id)))
     }
 }
 

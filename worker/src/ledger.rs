@@ -27,6 +27,8 @@ pub enum Settled {
     DeadLettered { kind: String, failed: bool },
     /// Handed back unrun or cut off on shutdown.
     HandedBack,
+    /// Put back unrun by a fleet-wide limit (counted in `jobfleet_limit_held_back_total`).
+    HeldBack,
     /// Left alone: the lease was lost, or settling failed and the broker will redeliver it.
     Abandoned,
 }
@@ -37,7 +39,10 @@ impl Settled {
         match self {
             Settled::Retried { .. } => true,
             Settled::DeadLettered { failed, .. } => *failed,
-            Settled::Succeeded { .. } | Settled::HandedBack | Settled::Abandoned => false,
+            Settled::Succeeded { .. }
+            | Settled::HandedBack
+            | Settled::HeldBack
+            | Settled::Abandoned => false,
         }
     }
 
@@ -65,7 +70,7 @@ impl Ledger {
             Settled::Succeeded { kind }
             | Settled::Retried { kind }
             | Settled::DeadLettered { kind, .. } => kind,
-            Settled::HandedBack | Settled::Abandoned => return,
+            Settled::HandedBack | Settled::HeldBack | Settled::Abandoned => return,
         };
         if settled.failed() {
             self.failed.fetch_add(1, Ordering::SeqCst);
@@ -81,7 +86,7 @@ impl Ledger {
                 self.dead_lettered.fetch_add(1, Ordering::SeqCst);
                 count("jobfleet_jobs_dead_lettered_total", queue, kind);
             }
-            Settled::HandedBack | Settled::Abandoned => {}
+            Settled::HandedBack | Settled::HeldBack | Settled::Abandoned => {}
         }
     }
 

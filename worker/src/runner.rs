@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fleet::Control;
 use fleet::cancel::CancelRequest;
+use fleet::limits::{Admission, Limiter};
 use jobs::{JobContext, Registered, Registry};
 use queues::{Delivery, Envelope, QueueError};
 use tokio::sync::watch;
@@ -30,6 +31,7 @@ pub struct Runner {
     worker_id: String,
     /// The fleet's cancel requests, read from the snapshot (never from the database).
     control: Control,
+    limiter: Limiter,
 }
 
 fn panic_message(p: Box<dyn Any + Send>) -> String {
@@ -84,12 +86,19 @@ impl Runner {
             registry,
             worker_id: worker_id.into(),
             control: Control::detached(),
+            limiter: Limiter::off(),
         }
     }
 
     /// Honours the cancel requests of `control` (a fleet snapshot the worker keeps fresh).
     pub fn with_control(mut self, control: Control) -> Self {
         self.control = control;
+        self
+    }
+
+    /// Takes permits from `limiter` before each handler starts (fleet-wide limits).
+    pub fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = limiter;
         self
     }
 
@@ -139,7 +148,8 @@ impl Runner {
                 Some(req) => (cancelled(&req), Some(req)),
                 None => {
                     let control = self.control.clone();
-                    attempt(queue, &lease, &*delivery, &env, reg, abort, control).await
+                    let limiter = &self.limiter;
+                    attempt(queue, &lease, &*delivery, &env, reg, limiter, abort, control).await
                 }
             };
             let kind = env.kind.clone();
@@ -186,6 +196,7 @@ impl Runner {
             },
             Verdict::DeadLetter { .. } => Settled::dead_lettered(kind, &outcome),
             Verdict::HandBack => Settled::HandedBack,
+            Verdict::PutBack { .. } => Settled::HeldBack,
             Verdict::LeaveAlone => Settled::Abandoned,
         }
     }
@@ -197,15 +208,17 @@ fn cancelled(req: &CancelRequest) -> Outcome {
     }
 }
 
-/// Everything between finding the kind and deciding: the crash-loop check, `validate`, and the
-/// handler's run in a task of its own, raced against the heartbeat, the abort flag and a cancel
-/// request arriving in the fleet snapshot. Returns the cancel request that stopped it, if one did.
+/// Everything between finding the kind and deciding: the crash-loop check, `validate`, the
+/// permits of the limits on its kind and queue, and the handler's run in a task of its own,
+/// raced against the heartbeat, the abort flag and a cancel request arriving in the fleet
+/// snapshot. Returns the cancel request that stopped it, if one did.
 async fn attempt(
     queue: &str,
     lease: &LeaseClock,
     delivery: &dyn Delivery,
     env: &Envelope,
     reg: &Registered,
+    limiter: &Limiter,
     mut abort: watch::Receiver<bool>,
     mut control: Control,
 ) -> (Outcome, Option<CancelRequest>) {
@@ -217,6 +230,19 @@ async fn attempt(
     if let Err(e) = reg.handler.validate(&env.payload) {
         return (Outcome::Invalid(e), None);
     }
+    // Held at most a quarter of the lease: the heartbeat only starts with the handler, and
+    // the put-back must still find the lease alive.
+    let hold = limiter.timing().refresh.min(lease.visibility() / 4);
+    let _permit = tokio::select! {
+        a = limiter.admit(queue, &env.kind, hold) => match a {
+            Admission::Go(permit) => permit,
+            Admission::HeldBack { scope, retry_after } => {
+                tracing::debug!(%scope, retry_in_ms = retry_after.as_millis() as u64, "held back by a limit");
+                return (Outcome::HeldBack { retry_after }, None);
+            }
+        },
+        _ = until_set(&mut abort) => return (Outcome::Shutdown, None),
+    };
 
     ledger::started(queue, &env.kind);
     let started = Instant::now();
@@ -273,6 +299,8 @@ fn log_decision(outcome: &Outcome, v: &Verdict) {
         }
         (_, Verdict::DeadLetter { reason, .. }) => tracing::warn!(%reason, "dead-lettering"),
         (_, Verdict::HandBack) => tracing::warn!("shutdown grace over; handing the job back"),
+        // Logged (debug) where it was held; counted in jobfleet_limit_held_back_total.
+        (_, Verdict::PutBack { .. }) => {}
         // The heartbeat logged the lost lease.
         (_, Verdict::Ack | Verdict::LeaveAlone) => {}
     }

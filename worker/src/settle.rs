@@ -73,6 +73,12 @@ pub async fn settle(
         },
         Verdict::DeadLetter { reason, .. } => Write::DeadLetter(updated.as_ref(), reason),
         Verdict::HandBack => Write::HandBack,
+        // The envelope as it came: `retry` writes a new body, so the broker's receive count
+        // starts afresh and being held back never looks like a crash loop.
+        Verdict::PutBack { delay } => match &updated {
+            Some(env) => Write::Retry(env, *delay),
+            None => Write::HandBack,
+        },
         Verdict::LeaveAlone => return true,
     };
     let Err(e) = write_while_leased(delivery, &write, lease).await else {
@@ -94,6 +100,10 @@ pub async fn settle(
         Verdict::HandBack => tracing::warn!(
             error = %e,
             "hand-back failed; the job returns after its visibility timeout"
+        ),
+        Verdict::PutBack { .. } => tracing::warn!(
+            error = %e,
+            "putting back a job held by a limit failed; it returns after its visibility timeout"
         ),
         Verdict::LeaveAlone => {}
     }

@@ -36,6 +36,9 @@ pub enum Outcome {
     /// An operator cancelled the job (`worker cancel`): it was not started, or its handler was
     /// cut off. `reason` is the DLQ reason, `cancelled by <who>: <why>`.
     Cancelled { reason: String },
+    /// A fleet-wide limit on its kind or queue had no permit for it within the hold; the
+    /// handler did not run. Not an attempt: it goes back, due after `retry_after`.
+    HeldBack { retry_after: Duration },
 }
 
 impl Outcome {
@@ -63,6 +66,9 @@ pub enum Verdict {
     DeadLetter { error: String, reason: String },
     /// Give it back unchanged, visible at once, for another worker.
     HandBack,
+    /// Put it back unchanged (no attempt counted, receive count started afresh), visible
+    /// again after `delay`: a limit held it back.
+    PutBack { delay: Duration },
     /// Do not touch it: another delivery of the same job owns it now.
     LeaveAlone,
 }
@@ -123,6 +129,11 @@ pub fn verdict(
         Outcome::Shutdown => return Verdict::HandBack,
         // Never retried: the operator asked for it not to run; a DLQ replay brings it back.
         Outcome::Cancelled { reason } => return dead(reason.clone()),
+        Outcome::HeldBack { retry_after } => {
+            return Verdict::PutBack {
+                delay: *retry_after,
+            };
+        }
         Outcome::Failed(JobError::RetryAfter { after, message }) => (message.clone(), Some(*after)),
         Outcome::Failed(JobError::Retry(m)) => (m.clone(), None),
         Outcome::TimedOut(t) => (
@@ -396,5 +407,20 @@ mod tests {
             );
             assert!(!outcome.is_failed_attempt());
         }
+    }
+
+    #[test]
+    fn held_back_by_a_limit_is_put_back_without_an_attempt() {
+        let outcome = Outcome::HeldBack {
+            retry_after: Duration::from_secs(2),
+        };
+        // Even on its last allowed attempt: nothing ran, so nothing is exhausted.
+        assert_eq!(
+            decide(2, 3, outcome.clone(), 0.5),
+            Verdict::PutBack {
+                delay: Duration::from_secs(2)
+            }
+        );
+        assert!(!outcome.is_failed_attempt());
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use fleet::registry::{PoolReport, Registration, Report};
 use fleet::snapshot::Refresher;
 use fleet::{Control, Store};
+use fleet::limits::Limiter;
 use jobs::Registry;
 use queues::{Broker, QueueError, QueueSpec};
 use tokio::sync::watch;
@@ -75,11 +76,23 @@ pub struct Worker {
     health: Health,
     control: Control,
     fleet: Option<Store>,
+    limiter: Limiter,
 }
 
 impl Worker {
-    /// Builds the pools of `cfg.queues`, running the kinds in `registry`.
+    /// Builds the pools of `cfg.queues`, running the kinds in `registry`, with no limits.
     pub fn new(cfg: Config, broker: Arc<dyn Broker>, registry: Registry) -> Self {
+        Worker::with_limiter(cfg, broker, registry, Limiter::off())
+    }
+
+    /// [`Worker::new`], every job taking its permits from `limiter` (fleet-wide limits), whose
+    /// lease loop runs as long as the worker does, drain included.
+    pub fn with_limiter(
+        cfg: Config,
+        broker: Arc<dyn Broker>,
+        registry: Registry,
+        limiter: Limiter,
+    ) -> Self {
         let id = cfg
             .worker
             .id
@@ -99,13 +112,18 @@ impl Worker {
         );
         let control = Control::detached();
         Worker {
-            runner: Arc::new(Runner::new(Arc::new(registry), id).with_control(control.clone())),
+            runner: Arc::new(
+                Runner::new(Arc::new(registry), id)
+                    .with_control(control.clone())
+                    .with_limiter(limiter.clone()),
+            ),
             cfg,
             broker,
             pools: Arc::new(pools),
             health,
             control,
             fleet: None,
+            limiter,
         }
     }
 
@@ -219,6 +237,11 @@ impl Worker {
             w.connect_timeout,
             async move { s.wait().await },
         ));
+        // Until the drain is over: running jobs keep their slots leased fleet-wide.
+        let (limiter_stop, limiter_stopped) = tokio::sync::oneshot::channel::<()>();
+        let limiter = tokio::spawn(self.limiter.clone().run(async move {
+            let _ = limiter_stopped.await;
+        }));
         let control = tokio::spawn(control_loop(
             self.broker.clone(),
             self.pools.to_vec(),
@@ -283,6 +306,8 @@ impl Worker {
         if let Some(task) = refresher {
             let _ = tokio::time::timeout(w.connect_timeout + Duration::from_secs(1), task).await;
         }
+        let _ = limiter_stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(3), limiter).await;
         tracing::info!(handed_back = report.handed_back, "worker stopped");
         Ok(report)
     }

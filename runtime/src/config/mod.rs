@@ -12,8 +12,10 @@ use std::time::Duration;
 use queues::{BackendKind, BrokerConfig};
 use serde::{Deserialize, Serialize};
 
+mod limits;
 mod scheduler;
 
+pub use limits::{FleetConfig, LimitConfig, LimitsConfig, Rate, RateError};
 pub use scheduler::{CatchUp, Schedule, SchedulerConfig, default_schedules};
 
 /// Why the config can't be used. The text names the file and the key.
@@ -63,6 +65,10 @@ pub struct Config {
     pub cloudwatch: CloudWatchConfig,
     /// The cron scheduler.
     pub scheduler: SchedulerConfig,
+    /// Fleet-wide rate and concurrency limits: `[limits.<kind>]`, `[limits.queue.<name>]`.
+    pub limits: LimitsConfig,
+    /// The control plane's switch.
+    pub fleet: FleetConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -287,6 +293,8 @@ impl Default for Config {
             jobs: toml::Table::new(),
             cloudwatch: CloudWatchConfig::default(),
             scheduler: SchedulerConfig::default(),
+            limits: LimitsConfig::default(),
+            fleet: FleetConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -467,6 +475,10 @@ impl Config {
         if self.scheduler.lease < Duration::from_secs(2) {
             return Err(invalid("scheduler.lease", "must be at least 2s"));
         }
+        // Whether each limited kind exists is the worker's check: it knows the registry.
+        self.limits
+            .validate(|q| self.queues.contains_key(q))
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod dlq;
 pub mod enqueue;
 pub mod error;
+pub mod limit;
 pub mod migrate;
 pub mod pause;
 pub mod queues;
@@ -37,6 +38,11 @@ pub enum Cmd {
     Demo,
     /// The nearest embedded chunks to a query (semantic search).
     Search(search::SearchArgs),
+    /// Set, change or clear a fleet-wide limit at run time: `worker limit KIND --rate 100/min`,
+    /// `--concurrency N`, `--clear` (`--queue` for a queue); no KIND lists the limits.
+    Limit(limit::LimitArgs),
+    /// The fleet-wide limits in force: from the config, overridden at run time, slots held.
+    Limits(limit::ListArgs),
     /// Inspect, replay or purge a queue's dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -67,6 +73,8 @@ impl Cmd {
                 Ok(())
             }
             Cmd::Search(args) => search::execute(&cfg, &settings, &args).await,
+            Cmd::Limit(args) => limit::execute(&cfg, &settings, &args).await,
+            Cmd::Limits(args) => limit::execute_list(&cfg, &args).await,
             Cmd::Dlq { cmd } => cmd.execute(&cfg).await,
             Cmd::Workers(args) => workers::execute(&cfg, &args).await,
             Cmd::Pause(args) => pause::execute_pause(&cfg, &args).await,

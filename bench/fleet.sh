@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Control-plane overhead benchmark (issue 10): the Redis end-to-end drain of `worker run`
+# (JOBS no-op jobs, pool of CONC) three ways, interleaved ROUNDS times in one run:
+#   off      [fleet] enabled = false: no control plane at all (the peer)
+#   on       the control plane on, no limit configured
+#   limited  [limits.noop] rate = 6000000/min (100,000/s), far above the drain rate
+# Drain = first job acked .. JOBS acked, read from the worker's own /metrics every 20 ms.
+# Targets: on >= 0.95 x off, limited >= 0.85 x off (medians of the per-round ratios); a miss
+# prints FAIL and exits 1.
+#
+#   bench/fleet.sh [JOBS] [CONC] [ROUNDS]     # defaults: 200000 50 3
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+JOBS="${1:-200000}"
+CONC="${2:-50}"
+ROUNDS="${3:-3}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jobfleet/target}"
+PG_URL="${JOBFLEET_BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+scripts/services.sh up redis postgres >&2
+
+cargo build --release --locked -q -p jobfleet-worker >&2
+cargo bench --locked -q -p jobfleet-worker --bench drain --no-run >&2
+DRAIN=$(ls -t "$CARGO_TARGET_DIR"/release/deps/drain-* | grep -v '\.d$' | head -1)
+WORKER="$CARGO_TARGET_DIR/release/worker"
+TMP=$(mktemp -d)
+WPID=
+trap '[ -n "$WPID" ] && kill -TERM "$WPID" 2>/dev/null; rm -rf "$TMP"' EXIT
+PORT=19290
+
+# One drain: prints jobs/s.
+drain() {
+  local variant=$1 ns="jffb$$${RANDOM}"
+  local extra=""
+  case $variant in
+    off) extra=$'[fleet]\nenabled = false' ;;
+    on) extra="" ;;
+    limited) extra=$'[limits.noop]\nrate = "6000000/min"' ;;
+  esac
+  cat >"$TMP/$variant.toml" <<TOML
+[broker]
+backend = "redis"
+url = "redis://127.0.0.1:6379"
+namespace = "$ns"
+[database]
+url = "$PG_URL"
+[worker]
+budget = $CONC
+admin_addr = "127.0.0.1:$PORT"
+[queues.fleetbench]
+min = $CONC
+max = $CONC
+[routes]
+noop = "fleetbench"
+[scheduler]
+schedules = []
+$extra
+TOML
+  "$DRAIN" --backend redis --enqueue-only --jobs "$JOBS" --queue fleetbench --namespace "$ns" >/dev/null
+  RUST_LOG=warn "$WORKER" --config "$TMP/$variant.toml" run 2>"$TMP/$variant.log" &
+  WPID=$!
+  python3 - "$PORT" "$JOBS" <<'PY'
+import re, sys, time, urllib.request
+port, jobs = sys.argv[1], int(sys.argv[2])
+pat = re.compile(r'^jobfleet_jobs_succeeded_total\{[^}]*\} (\d+)', re.M)
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+first = None
+deadline = time.monotonic() + 600
+while time.monotonic() < deadline:
+    try:
+        text = opener.open(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+    except OSError:
+        time.sleep(0.02)
+        continue
+    done = sum(int(n) for n in pat.findall(text))
+    now = time.monotonic()
+    if done > 0 and first is None:
+        first = now
+    if done >= jobs:
+        print(f"{jobs / (now - first):.0f}")
+        sys.exit(0)
+    time.sleep(0.02)
+sys.exit("FAIL: the drain did not finish within 600 s")
+PY
+  kill -TERM "$WPID"; wait "$WPID" || true; WPID=
+  PORT=$((PORT + 1))
+}
+
+echo "== $ROUNDS rounds of: drain $JOBS no-op jobs through \`worker run\` on Redis, pool of $CONC" >&2
+RES=()
+for r in $(seq 1 "$ROUNDS"); do
+  for v in off on limited; do
+    s=$(drain "$v")
+    echo "round $r  $v  $s jobs/s" >&2
+    RES+=("$v:$s")
+  done
+done
+
+python3 - "${RES[@]}" <<'PY'
+import statistics, sys
+rows = [a.split(":") for a in sys.argv[1:]]
+by = {}
+for v, s in rows:
+    by.setdefault(v, []).append(float(s))
+n = len(by["off"])
+ratio = {v: statistics.median(by[v][i] / by["off"][i] for i in range(n)) for v in ("on", "limited")}
+print(f"\n{'variant':<10}{'jobs/s (each round)':<36}{'median ratio vs off':>20}{'target':>8}")
+fail = False
+for v, target in (("off", None), ("on", 0.95), ("limited", 0.85)):
+    each = ", ".join(f"{x:,.0f}" for x in by[v])
+    r = "1.000" if v == "off" else f"{ratio[v]:.3f}"
+    t = "" if target is None else f">= {target}"
+    print(f"{v:<10}{each:<36}{r:>20}{t:>8}")
+    if target is not None and ratio[v] < target:
+        print(f"FAIL: {v} drains at {ratio[v]:.3f} x the speed without the control plane (target >= {target})")
+        fail = True
+sys.exit(1 if fail else 0)
+PY
