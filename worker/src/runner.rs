@@ -149,7 +149,10 @@ impl Runner {
                 None => {
                     let control = self.control.clone();
                     let limiter = &self.limiter;
-                    attempt(queue, &lease, &*delivery, &env, reg, limiter, abort, control).await
+                    attempt(
+                        queue, &lease, &*delivery, &env, reg, limiter, abort, control,
+                    )
+                    .await
                 }
             };
             let kind = env.kind.clone();

@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet::limits::Limiter;
 use fleet::registry::{PoolReport, Registration, Report};
 use fleet::snapshot::Refresher;
 use fleet::{Control, Store};
-use fleet::limits::Limiter;
 use jobs::Registry;
 use queues::{Broker, QueueError, QueueSpec};
 use tokio::sync::watch;
