@@ -3,8 +3,8 @@
 //! ([`Pool::resize`]); shrinking never interrupts a running job, it only stops new receives
 //! until enough jobs have finished.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use queues::{Broker, Depth};
@@ -49,6 +49,9 @@ pub struct Pool {
     running: AtomicUsize,
     ledger: Ledger,
     receiving: AtomicBool,
+    /// The error of the last receive when it failed, until one succeeds: this queue's broker
+    /// (or its cluster shard) is out of reach while the others may be fine.
+    receive_error: Mutex<Option<String>>,
     shared: Arc<Shared>,
 }
 
@@ -64,6 +67,7 @@ impl Pool {
             running: AtomicUsize::new(0),
             ledger: Ledger::default(),
             receiving: AtomicBool::new(false),
+            receive_error: Mutex::new(None),
             shared,
         }
     }
@@ -106,6 +110,18 @@ impl Pool {
     /// Whether the receive loop is up (for `/readyz`).
     pub fn is_receiving(&self) -> bool {
         self.receiving.load(Ordering::SeqCst)
+    }
+
+    /// Why receiving fails, while it does (for `/readyz`).
+    pub fn receive_error(&self) -> Option<String> {
+        self.receive_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_receive_error(&self, e: Option<String>) {
+        *self.receive_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
     /// The pool's figures.
@@ -181,9 +197,13 @@ impl Pool {
                 continue;
             }
             let batch = match broker.receive(&self.queue, free, receive_wait).await {
-                Ok(b) => b,
+                Ok(b) => {
+                    self.set_receive_error(None);
+                    b
+                }
                 Err(e) => {
                     tracing::warn!(queue = %self.queue, error = %e, "receive failed; retrying");
+                    self.set_receive_error(Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => {}
                         _ = until_set(&mut stop) => break,

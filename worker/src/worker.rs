@@ -58,6 +58,15 @@ impl PoolsView {
     pub fn all_receiving(&self) -> bool {
         self.pools.iter().all(|p| p.is_receiving())
     }
+
+    /// The queues whose last receive failed, with the error: on a Redis Cluster one shard can
+    /// be down while the pools of queues on the others carry on.
+    pub fn failing(&self) -> Vec<(String, String)> {
+        self.pools
+            .iter()
+            .filter_map(|p| p.receive_error().map(|e| (p.queue.clone(), e)))
+            .collect()
+    }
 }
 
 /// A worker process's job machinery.
@@ -116,7 +125,8 @@ impl Worker {
         }
     }
 
-    /// `/readyz`: every service answered its last probe and every pool is receiving.
+    /// `/readyz`: every service answered its last probe and every pool is receiving; a 503
+    /// names each queue whose receives fail (the others keep being served meanwhile).
     pub fn ready_check(&self) -> ReadyCheck {
         let health = self.health.clone();
         let view = self.view();
@@ -127,6 +137,14 @@ impl Worker {
                 status?;
                 if !view.all_receiving() {
                     return Err("pools are not running (starting up or draining)".into());
+                }
+                let failing = view.failing();
+                if !failing.is_empty() {
+                    let list: Vec<String> = failing
+                        .iter()
+                        .map(|(q, e)| format!("queue `{q}` cannot receive: {e}"))
+                        .collect();
+                    return Err(list.join("; ").into());
                 }
                 Ok(())
             })
