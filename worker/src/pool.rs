@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use queues::{Broker, Depth};
+use queues::{Broker, Depth, QueueError, QueueSpec};
 use tokio::sync::{Notify, watch};
 
 use crate::flag::until_set;
@@ -52,6 +52,8 @@ pub struct Pool {
     /// The error of the last receive when it failed, until one succeeds: this queue's broker
     /// (or its cluster shard) is out of reach while the others may be fine.
     receive_error: Mutex<Option<String>>,
+    /// Whether the queue is declared on the broker; receives wait for it.
+    declared: AtomicBool,
     shared: Arc<Shared>,
 }
 
@@ -68,6 +70,7 @@ impl Pool {
             ledger: Ledger::default(),
             receiving: AtomicBool::new(false),
             receive_error: Mutex::new(None),
+            declared: AtomicBool::new(false),
             shared,
         }
     }
@@ -110,6 +113,26 @@ impl Pool {
     /// Whether the receive loop is up (for `/readyz`).
     pub fn is_receiving(&self) -> bool {
         self.receiving.load(Ordering::SeqCst)
+    }
+
+    /// Declares the queue (its visibility timeout) unless that was done. A broker that is out
+    /// of reach for this queue (a Redis Cluster shard without a master) leaves it undeclared,
+    /// the error shown in `/readyz`; the receive loop tries again before its first receive.
+    pub async fn ensure_declared(&self, broker: &dyn Broker) -> Result<(), QueueError> {
+        if self.declared.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let spec = QueueSpec::new(self.queue.clone()).with_visibility(self.cfg.visibility_timeout);
+        match broker.declare(&spec).await {
+            Ok(()) => {
+                self.declared.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                self.set_receive_error(Some(format!("cannot declare it: {e}")));
+                Err(e)
+            }
+        }
     }
 
     /// Why receiving fails, while it does (for `/readyz`).
@@ -193,6 +216,14 @@ impl Pool {
                         _ = notified => {}
                         _ = until_set(&mut stop) => break,
                     }
+                }
+                continue;
+            }
+            if let Err(e) = self.ensure_declared(&*broker).await {
+                tracing::warn!(queue = %self.queue, error = %e, "declare failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => {}
+                    _ = until_set(&mut stop) => break,
                 }
                 continue;
             }

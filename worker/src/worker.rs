@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobs::Registry;
-use queues::{Broker, QueueError, QueueSpec};
+use queues::{Broker, QueueError};
 use tokio::sync::watch;
 
 use runtime::admin::{self, ReadyCheck};
@@ -173,17 +173,24 @@ impl Worker {
     }
 
     /// Declares the queues, runs until `shutdown` is triggered, then drains: no new receives,
-    /// in-flight jobs get `worker.shutdown_grace` to finish, the rest are handed back.
+    /// in-flight jobs get `worker.shutdown_grace` to finish, the rest are handed back. A queue
+    /// the broker refuses to declare stops the start; one it cannot reach right now (a Redis
+    /// Cluster shard that is down) is declared by its pool once it can, and the other queues
+    /// are served meanwhile.
     pub async fn run(self, shutdown: Shutdown) -> Result<DrainReport, WorkerError> {
         for p in self.pools.iter() {
-            let spec = QueueSpec::new(p.queue.clone()).with_visibility(p.cfg.visibility_timeout);
-            self.broker
-                .declare(&spec)
-                .await
-                .map_err(|source| WorkerError::Declare {
-                    queue: p.queue.clone(),
-                    source,
-                })?;
+            match p.ensure_declared(&*self.broker).await {
+                Ok(()) => {}
+                Err(e) if e.is_unreachable() => {
+                    tracing::warn!(queue = %p.queue, error = %e, "cannot declare the queue yet; its pool retries, the others start");
+                }
+                Err(source) => {
+                    return Err(WorkerError::Declare {
+                        queue: p.queue.clone(),
+                        source,
+                    });
+                }
+            }
         }
         let w = &self.cfg.worker;
         let (abort_tx, abort_rx) = watch::channel(false);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{FreshDb, Proc, wait_until};
 use queues::backends::redis::RedisBroker;
 use queues::conformance::unique_queue;
-use queues::{BackendKind, Broker, BrokerConfig, Envelope};
+use queues::{BackendKind, BrokerConfig, Envelope, Inspector, Producer};
 use serde_json::json;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/redis-cluster.sh");
