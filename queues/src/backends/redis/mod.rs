@@ -546,4 +546,37 @@ mod tests {
         assert!(matches!(e, QueueError::Unavailable { .. }), "{e:?}");
         assert!(e.to_string().contains("redis://:***@h:1"));
     }
+
+    /// What a cluster answers during a failover is "not now", retried like a lost connection;
+    /// any other error answer is the server saying no.
+    #[test]
+    fn failover_answers_are_unavailable() {
+        for kind in [
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::ReadOnly,
+            ServerErrorKind::BusyLoading,
+        ] {
+            let e = map_err(
+                "redis+cluster://h:1",
+                "receive",
+                (ErrorKind::Server(kind), "failover").into(),
+            );
+            assert!(
+                matches!(e, QueueError::Unavailable { .. }),
+                "{kind:?}: {e:?}"
+            );
+        }
+        let e = map_err(
+            "redis+cluster://h:1",
+            "receive",
+            (
+                ErrorKind::Server(ServerErrorKind::ResponseError),
+                "WRONGTYPE",
+            )
+                .into(),
+        );
+        assert!(matches!(e, QueueError::Backend { .. }), "{e:?}");
+    }
 }
