@@ -144,7 +144,7 @@ impl Worker {
                         .iter()
                         .map(|(q, e)| format!("queue `{q}` cannot receive: {e}"))
                         .collect();
-                    return Err(list.join("; ").into());
+                    return Err(list.join("; "));
                 }
                 Ok(())
             })

@@ -33,6 +33,9 @@ fn free(port: u16) -> bool {
         .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
 }
 
+/// Master port → (its slot ranges, its replicas' ports).
+type Topology = BTreeMap<u16, (Vec<(u16, u16)>, Vec<u16>)>;
+
 /// A Redis Cluster of this test's own, torn down on drop.
 struct TestCluster {
     base: u16,
@@ -94,7 +97,7 @@ impl TestCluster {
     }
 
     /// `CLUSTER NODES` as seen from `port`: master port → (slot ranges, replica ports).
-    fn topology(&self, port: u16) -> BTreeMap<u16, (Vec<(u16, u16)>, Vec<u16>)> {
+    fn topology(&self, port: u16) -> Topology {
         let text = self.cli(port, &["CLUSTER", "NODES"]);
         let rows: Vec<Vec<&str>> = text
             .lines()
