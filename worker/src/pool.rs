@@ -3,10 +3,11 @@
 //! ([`Pool::resize`]); shrinking never interrupts a running job, it only stops new receives
 //! until enough jobs have finished.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use metrics::Gauge;
 use queues::{Broker, Depth};
 use tokio::sync::{Notify, watch};
 
@@ -18,6 +19,10 @@ use runtime::config::QueueConfig;
 
 /// Pause after a failed receive, so a broker outage is not hammered in a loop.
 const RECEIVE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Longest a receive waits for more slots to free up (D90): short against any real job,
+/// long enough for a burst of short jobs to finish together and be refilled by one receive.
+const GATHER_WAIT: Duration = Duration::from_millis(2);
 
 /// What all pools of a process share: the budget and the jobs running against it.
 pub struct Shared {
@@ -50,6 +55,9 @@ pub struct Pool {
     ledger: Ledger,
     receiving: AtomicBool,
     shared: Arc<Shared>,
+    /// `jobfleet_pool_running`, set twice per job: registered once (on first use, after the
+    /// process installed its recorder) rather than on every set.
+    running_gauge: OnceLock<Gauge>,
 }
 
 impl Pool {
@@ -65,6 +73,7 @@ impl Pool {
             ledger: Ledger::default(),
             receiving: AtomicBool::new(false),
             shared,
+            running_gauge: OnceLock::new(),
         }
     }
 
@@ -96,6 +105,11 @@ impl Pool {
             metrics::gauge!("jobfleet_queue_oldest_age_seconds", "queue" => self.queue.clone())
                 .set(age.as_secs_f64());
         }
+    }
+
+    fn running_gauge(&self) -> &Gauge {
+        self.running_gauge
+            .get_or_init(|| metrics::gauge!("jobfleet_pool_running", "queue" => self.queue.clone()))
     }
 
     /// Jobs running now.
@@ -149,6 +163,29 @@ impl Pool {
         own.min(process)
     }
 
+    /// Lets a few more slots free up before a receive, so short jobs are fetched in batches
+    /// instead of one receive per finished job: waits until a quarter of the granted slots are
+    /// free, no job of this pool is running, or [`GATHER_WAIT`] has passed, whichever is first.
+    /// Returns the slots free then (0 only when the stop came or another pool took the budget).
+    async fn gather_slots(&self, stop: &mut watch::Receiver<bool>) -> usize {
+        let enough = (self.granted.load(Ordering::SeqCst) / 4).max(1);
+        let deadline = tokio::time::Instant::now() + GATHER_WAIT;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let free = self.free_slots();
+            if free >= enough || self.running() == 0 {
+                return free;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => return self.free_slots(),
+                _ = until_set(stop) => return 0,
+            }
+        }
+    }
+
     /// Receives and starts jobs until `stop` turns true. A receive already under way when the
     /// stop comes is finished, and whatever it brought is handed back at once (nack without
     /// delay) rather than dropped: dropping it would hide those jobs for a visibility timeout.
@@ -162,7 +199,6 @@ impl Pool {
         abort: watch::Receiver<bool>,
     ) {
         self.receiving.store(true, Ordering::SeqCst);
-        let labels = [("queue", self.queue.clone())];
         loop {
             if *stop.borrow() {
                 break;
@@ -178,6 +214,10 @@ impl Pool {
                         _ = until_set(&mut stop) => break,
                     }
                 }
+                continue;
+            }
+            let free = self.gather_slots(&mut stop).await;
+            if free == 0 {
                 continue;
             }
             let batch = match broker.receive(&self.queue, free, receive_wait).await {
@@ -202,7 +242,7 @@ impl Pool {
             for delivery in batch {
                 self.running.fetch_add(1, Ordering::SeqCst);
                 self.shared.running.fetch_add(1, Ordering::SeqCst);
-                metrics::gauge!("jobfleet_pool_running", &labels).set(self.running() as f64);
+                self.running_gauge().set(self.running() as f64);
                 let pool = self.clone();
                 let runner = runner.clone();
                 let abort = abort.clone();
@@ -226,7 +266,7 @@ impl Drop for SlotGuard {
     fn drop(&mut self) {
         let now = self.0.running.fetch_sub(1, Ordering::SeqCst) - 1;
         self.0.shared.running.fetch_sub(1, Ordering::SeqCst);
-        metrics::gauge!("jobfleet_pool_running", "queue" => self.0.queue.clone()).set(now as f64);
+        self.0.running_gauge().set(now as f64);
         self.0.shared.changed.notify_waiters();
     }
 }

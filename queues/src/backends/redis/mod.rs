@@ -22,11 +22,13 @@
 //!
 //! The scripts are `lua/*.lua`, each called only through its function in `scripts.rs`.
 
+mod acks;
 mod delivery;
 mod dlq;
 mod keys;
 mod scripts;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::backends::util;
@@ -70,6 +73,9 @@ struct Inner {
     /// Connections for blocking waits: a `BLMOVE` holds its connection for its whole duration,
     /// so it must never share the multiplexed one the other operations use.
     blocking: Mutex<Vec<MultiplexedConnection>>,
+    /// Per queue, the way into its ack group commit ([`acks::ack_loop`]), started with its
+    /// first receive.
+    acks: Mutex<HashMap<String, mpsc::UnboundedSender<acks::AckRequest>>>,
     url: String,
     namespace: String,
 }
@@ -101,6 +107,24 @@ impl Inner {
             .map_err(|e| self.err("connect", e))
     }
 
+    /// The ack queue of `queue`, starting its writer on first use (or again, should the
+    /// runtime that ran the last one have gone).
+    fn acks(&self, queue: &str, keys: &Keys) -> mpsc::UnboundedSender<acks::AckRequest> {
+        let mut map = util::lock(&self.acks);
+        if let Some(tx) = map.get(queue).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(acks::ack_loop(
+            self.conn(),
+            keys.clone(),
+            self.url.clone(),
+            rx,
+        ));
+        map.insert(queue.to_owned(), tx.clone());
+        tx
+    }
+
     fn give_back(&self, c: MultiplexedConnection) {
         let mut pool = util::lock(&self.blocking);
         if pool.len() < 64 {
@@ -110,12 +134,16 @@ impl Inner {
 }
 
 fn map_err(url: &str, op: &'static str, e: RedisError) -> QueueError {
-    let connection_lost = e.is_io_error()
+    util::client_error(BACKEND, url, op, connection_lost(&e), e)
+}
+
+/// Whether `e` means Redis could not be reached (so the same write may be tried again).
+fn connection_lost(e: &RedisError) -> bool {
+    e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
-        || e.is_unrecoverable_error();
-    util::client_error(BACKEND, url, op, connection_lost, e)
+        || e.is_unrecoverable_error()
 }
 
 fn bad_reply(op: &'static str, what: &str) -> QueueError {
@@ -174,6 +202,7 @@ impl RedisBroker {
                 client,
                 conn,
                 blocking: Mutex::new(Vec::new()),
+                acks: Mutex::new(HashMap::new()),
                 url,
                 namespace: cfg.namespace.clone(),
             }),
@@ -197,7 +226,12 @@ impl RedisBroker {
             return Err(bad_reply("receive", "empty"));
         };
         let wake = as_int(wake).ok_or_else(|| bad_reply("receive", "wake time"))?;
+        let wake = u64::try_from(wake).ok().map(Duration::from_millis);
+        if rest.is_empty() {
+            return Ok((Vec::new(), wake));
+        }
         let mut out: Deliveries = Vec::with_capacity(rest.len() / 3);
+        let acks = inner.acks(queue, keys);
         let now = Utc::now();
         for item in rest.chunks(3) {
             let [id, count, body] = item else {
@@ -220,6 +254,7 @@ impl RedisBroker {
             }
             out.push(Box::new(RedisDelivery {
                 broker: self.clone(),
+                acks: acks.clone(),
                 keys: keys.clone(),
                 queue: queue.to_owned(),
                 id,
@@ -227,7 +262,6 @@ impl RedisBroker {
                 msg,
             }));
         }
-        let wake = u64::try_from(wake).ok().map(Duration::from_millis);
         Ok((out, wake))
     }
 
