@@ -138,9 +138,10 @@ async fn main() {
             tokio::spawn(async move {
                 while probe.done.load(Ordering::SeqCst) < probe.jobs {
                     let r = rss_mb();
-                    let mut p = peak.lock().unwrap();
-                    *p = p.max(r);
-                    drop(p);
+                    {
+                        let mut p = peak.lock().unwrap();
+                        *p = p.max(r);
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             })
@@ -191,7 +192,7 @@ async fn main() {
             let pool = apalis_postgres::PgPool::connect(&a.url)
                 .await
                 .unwrap_or_else(|e| fail(&format!("cannot connect to {}: {e}", a.url)));
-            apalis_postgres::PostgresStorage::<Noop>::setup(&pool)
+            apalis_postgres::PostgresStorage::<()>::setup(&pool)
                 .await
                 .unwrap_or_else(|e| fail(&format!("apalis migrations failed: {e:?}")));
             let cfg = apalis_postgres::Config::default()
