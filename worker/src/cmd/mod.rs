@@ -10,6 +10,7 @@ pub mod migrate;
 pub mod queues;
 pub mod run;
 pub mod search;
+pub mod web;
 
 use runtime::Config;
 
@@ -38,6 +39,9 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: dlq::DlqCmd,
     },
+    /// The dashboard: queues, DLQ browser with replay/purge, schedules, audit (loopback by
+    /// default; elsewhere it needs JOBFLEET_WEB_TOKEN).
+    Web(web::Args),
 }
 
 impl Cmd {
@@ -54,6 +58,7 @@ impl Cmd {
             }
             Cmd::Search(args) => search::execute(&cfg, &settings, &args).await,
             Cmd::Dlq { cmd } => cmd.execute(&cfg).await,
+            Cmd::Web(args) => web::execute(cfg, &args).await,
         }
     }
 }
