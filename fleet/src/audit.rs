@@ -87,18 +87,7 @@ impl Store {
     /// Appends one action; returns its id, so a long action (a replay) can fill in its counts
     /// when it ends with [`Store::audit_counts`].
     pub async fn audit(&self, entry: &Entry) -> Result<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO jobfleet.audit_log (actor, action, target, detail, counts) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(entry.actor.as_str())
-        .bind(entry.action.as_str())
-        .bind(&entry.target)
-        .bind(&entry.detail)
-        .bind(&entry.counts)
-        .fetch_one(self.pool())
-        .await
-        .map_err(Error::db("write the audit log"))
+        insert(self.pool(), entry).await
     }
 
     /// Records what an action came to once it has ended.
@@ -128,6 +117,23 @@ impl Store {
         .await
         .map_err(Error::db("read the audit log"))
     }
+}
+
+/// Appends `entry` through `exec`: the pool, or the transaction of the change it records (a
+/// pause, a cancel), so the row and the change commit together.
+pub(crate) async fn insert<'e>(exec: impl sqlx::PgExecutor<'e>, entry: &Entry) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO jobfleet.audit_log (actor, action, target, detail, counts) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(entry.actor.as_str())
+    .bind(entry.action.as_str())
+    .bind(&entry.target)
+    .bind(&entry.detail)
+    .bind(&entry.counts)
+    .fetch_one(exec)
+    .await
+    .map_err(Error::db("write the audit log"))
 }
 
 #[cfg(test)]

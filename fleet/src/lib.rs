@@ -9,9 +9,14 @@
 
 pub mod actor;
 pub mod audit;
+pub mod cancel;
 pub mod error;
+pub mod pause;
+pub mod registry;
+pub mod snapshot;
 pub mod store;
 
 pub use actor::Actor;
 pub use error::{Error, Result};
+pub use snapshot::Control;
 pub use store::Store;
