@@ -13,6 +13,7 @@ use crate::auth::Viewer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nav {
     Overview,
+    Workers,
     Schedules,
     Audit,
     Job,
@@ -46,6 +47,7 @@ pub fn page(viewer: &Viewer, title: &str, nav: Nav, body: Markup) -> Html<String
                         a.brand href="/" { "jobfleet" }
                         nav {
                             (item(Nav::Overview, "/", "Overview"))
+                            (item(Nav::Workers, "/workers", "Workers"))
                             (item(Nav::Schedules, "/schedules", "Schedules"))
                             (item(Nav::Audit, "/audit", "Audit"))
                         }

@@ -1,5 +1,7 @@
 //! The dashboard's own sampling: every few seconds, each configured queue's depth from the
-//! broker and the job counters of the worker on the configured admin port, kept for an hour.
+//! broker, whether it is paused, and the pools of the fleet — summed over the workers'
+//! registry reports (`fleet::Store::workers`), or, while no worker has registered, read from
+//! the worker on the configured admin port — kept for an hour.
 //! Charts are drawn from this history; the live overview streams the newest snapshot. One
 //! sampler serves every open page, so twenty browsers cost what one does.
 
@@ -34,6 +36,9 @@ pub struct QueueSample {
     pub failed_per_s: Option<f64>,
     pub pool_target: Option<usize>,
     pub pool_running: Option<usize>,
+    /// Paused for the fleet, and by whom; `None` when the control state could not be read.
+    pub paused: Option<bool>,
+    pub paused_by: Option<String>,
     /// Why the depth could not be read this time (the numbers are then the last known ones).
     pub error: Option<String>,
 }
@@ -44,8 +49,11 @@ pub struct Snapshot {
     /// Rounds taken so far (0: none yet).
     pub round: u64,
     pub at: Option<DateTime<Utc>>,
-    /// Whether a worker answered on the admin port this round.
-    pub worker_seen: bool,
+    /// Where the pool figures came from this round: `registry` (live workers of the fleet),
+    /// `admin port` (the one local worker), or `None`.
+    pub pools_from: Option<&'static str>,
+    /// Live (not lost) workers in the registry.
+    pub workers: usize,
     pub queues: BTreeMap<String, QueueSample>,
 }
 
@@ -93,7 +101,7 @@ impl Samples {
             .unwrap_or_default()
     }
 
-    fn record(&self, round: u64, worker_seen: bool, samples: BTreeMap<String, QueueSample>) {
+    fn record(&self, round: u64, fleet: &Fleet, samples: BTreeMap<String, QueueSample>) {
         let at = Utc::now();
         {
             let mut h = self.history.write().expect("samples lock");
@@ -109,7 +117,8 @@ impl Samples {
         self.latest.send_replace(Arc::new(Snapshot {
             round,
             at: Some(at),
-            worker_seen,
+            pools_from: fleet.from,
+            workers: fleet.live,
             queues: samples,
         }));
     }
@@ -130,9 +139,63 @@ impl Samples {
     }
 }
 
-/// One round: every configured queue's depth and the worker's counters.
+/// The pools of one round, by queue.
+#[derive(Default)]
+struct Fleet {
+    from: Option<&'static str>,
+    live: usize,
+    target: BTreeMap<String, usize>,
+    running: BTreeMap<String, usize>,
+    succeeded: BTreeMap<String, f64>,
+    failed: BTreeMap<String, f64>,
+    paused: Option<BTreeMap<String, String>>,
+}
+
+async fn fleet(st: &AppState) -> Fleet {
+    let mut f = Fleet::default();
+    match st.store.paused().await {
+        Ok(list) => f.paused = Some(list.into_iter().map(|p| (p.queue, p.paused_by)).collect()),
+        Err(e) => tracing::warn!(error = %e, "paused queues not readable"),
+    }
+    let workers = match st.store.workers().await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "worker registry not readable");
+            Vec::new()
+        }
+    };
+    let live: Vec<_> = workers
+        .iter()
+        .filter(|w| w.state != fleet::registry::WorkerState::Lost)
+        .collect();
+    f.live = live.len();
+    if !live.is_empty() {
+        f.from = Some("registry");
+        for w in &live {
+            for p in &w.pools {
+                *f.target.entry(p.queue.clone()).or_default() += p.target;
+                *f.running.entry(p.queue.clone()).or_default() += p.running;
+            }
+        }
+        // Counters of every registered worker, lost ones too, so a worker that leaves does
+        // not look like a negative rate: only its last report stays in the sum.
+        for w in &workers {
+            for p in &w.pools {
+                *f.succeeded.entry(p.queue.clone()).or_default() += p.succeeded as f64;
+                *f.failed.entry(p.queue.clone()).or_default() += p.failed as f64;
+            }
+        }
+    } else if let Some(m) = scrape::fetch(st.cfg.worker.admin_addr).await {
+        f.from = Some("admin port");
+        (f.target, f.running, f.succeeded, f.failed) =
+            (m.pool_target, m.pool_running, m.succeeded, m.failed);
+    }
+    f
+}
+
+/// One round: every configured queue's depth, paused state and pools.
 pub async fn sample_once(st: &AppState, round: u64) {
-    let metrics = scrape::fetch(st.cfg.worker.admin_addr).await;
+    let fleet = fleet(st).await;
     let previous = st.samples.latest();
     let mut out = BTreeMap::new();
     for name in st.cfg.queues.keys() {
@@ -143,16 +206,21 @@ pub async fn sample_once(st: &AppState, round: u64) {
             Ok(Err(e)) => stale(previous.queues.get(name), e.to_string()),
             Err(_) => stale(previous.queues.get(name), "depth read timed out (5 s)".into()),
         };
-        if let Some(m) = &metrics {
-            s.pool_target = m.pool_target.get(name).copied();
-            s.pool_running = m.pool_running.get(name).copied();
-            let succeeded = m.succeeded.get(name).copied().unwrap_or(0.0);
-            let failed = m.failed.get(name).copied().unwrap_or(0.0);
+        if fleet.from.is_some() {
+            s.pool_target = fleet.target.get(name).copied();
+            s.pool_running = fleet.running.get(name).copied();
+            let succeeded = fleet.succeeded.get(name).copied().unwrap_or(0.0);
+            let failed = fleet.failed.get(name).copied().unwrap_or(0.0);
             (s.succeeded_per_s, s.failed_per_s) = st.samples.rates(name, succeeded, failed);
+        } else {
+            (s.pool_target, s.pool_running, s.succeeded_per_s, s.failed_per_s) =
+                (None, None, None, None);
         }
+        s.paused = fleet.paused.as_ref().map(|p| p.contains_key(name));
+        s.paused_by = fleet.paused.as_ref().and_then(|p| p.get(name).cloned());
         out.insert(name.clone(), s);
     }
-    st.samples.record(round, metrics.is_some(), out);
+    st.samples.record(round, &fleet, out);
 }
 
 fn from_depth(d: Depth) -> QueueSample {

@@ -280,6 +280,22 @@ async fn dashboard_in_a_browser(backend: BackendKind) {
                     })
                     .await;
                 }
+                "paused" => {
+                    // Every worker stops receiving within a sample interval (200 ms here); a
+                    // job sent now stays visible.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    broker.send(&once("diag_sleep", queue, json!({"ms": 1}))).await.unwrap();
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    let d = broker.depth(queue).await.unwrap();
+                    assert_eq!((d.visible, d.in_flight), (1, 0), "a paused queue is not received from: {d:?}");
+                }
+                "resumed" => {
+                    wait_for(Duration::from_secs(20), "the resumed queue is drained by the worker", || async {
+                        let d = broker.depth(queue).await.unwrap();
+                        d.visible == 0 && d.in_flight == 0
+                    })
+                    .await;
+                }
                 other => panic!("unknown step {other}"),
             }
         }
@@ -303,10 +319,16 @@ async fn dashboard_in_a_browser(backend: BackendKind) {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(audit.len(), 1, "{audit:?}");
-    assert_eq!(audit[0].1, "dlq_replay");
-    assert!(audit[0].0.ends_with("(web)"), "{audit:?}");
-    assert_eq!(audit[0].2.as_ref().unwrap()["done"], 1, "{audit:?}");
+    let replay: Vec<_> = audit.iter().filter(|a| a.1 == "dlq_replay").collect();
+    assert_eq!(replay.len(), 1, "{audit:?}");
+    assert!(replay[0].0.ends_with("(web)"), "{audit:?}");
+    assert_eq!(replay[0].2.as_ref().unwrap()["done"], 1, "{audit:?}");
+    for action in ["pause", "resume"] {
+        assert!(
+            audit.iter().any(|a| a.1 == action && a.0.ends_with("(web)")),
+            "{action} is in the audit log with who: {audit:?}"
+        );
+    }
     drop(web);
 
     // --read-only: no action, and every POST refused even with a valid token.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::WebError;
 use crate::auth::Viewer;
-use crate::layout::{Nav, page, q, when};
+use crate::layout::{Nav, csrf, page, q, when};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +46,15 @@ pub async fn show(
         tracing::warn!(error = %e, "scheduler ledger not readable for a job lookup");
         Vec::new()
     });
+    let cancels: Vec<_> = st
+        .store
+        .cancels(None, 1000)
+        .await
+        .map(|all| all.into_iter().filter(|c| c.job_id == id).collect())
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cancel requests not readable for a job lookup");
+            Vec::new()
+        });
     let body = html! {
         @for e in &in_dlq {
             h2 { "In the DLQ of " (e.queue) }
@@ -68,6 +77,23 @@ pub async fn show(
                 "Not in the DLQ of any configured queue (" (st.cfg.queues.keys().cloned().collect::<Vec<_>>().join(", ")) "). "
                 "A job that is queued or running is not listed by id through the broker; it shows here once it is dead-lettered."
             }
+        }
+        @for c in &cancels {
+            p.warn {
+                "Cancel requested for " (c.queue) " by " (c.requested_by) " at " (when(Some(c.requested_at))) ": " (c.reason)
+                @match &c.consumed_by { Some(w) => { " — carried out by " (w) " at " (when(c.consumed_at)) "." }, None => { " — pending (a worker stops it when it runs it)." } }
+            }
+        }
+        @if viewer.can_act() && in_dlq.is_empty() {
+            h2 { "Cancel" }
+            form.confirm method="post" action="/job/cancel" {
+                (csrf(&viewer))
+                input type="hidden" name="id" value=(id);
+                label { "queue " select name="queue" { @for name in st.cfg.queues.keys() { option value=(name) { (name) } } } }
+                input name="reason" placeholder="reason (for the audit log)" size="36";
+                button type="submit" class="danger" { "Cancel this job" }
+            }
+            p.muted { "A running job is stopped by its worker and dead-lettered with the reason; a queued one is when it is received." }
         }
     };
     Ok(page(&viewer, &format!("Job {id}"), Nav::Job, body))

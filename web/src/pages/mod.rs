@@ -3,6 +3,7 @@
 
 pub mod action;
 pub mod audit;
+pub mod control;
 pub mod dlq;
 pub mod entry;
 pub mod form;
@@ -13,3 +14,4 @@ pub mod overview;
 pub mod queue;
 pub mod schedules;
 pub mod task;
+pub mod workers;

@@ -38,6 +38,15 @@ pub fn cells(s: &QueueSample) -> BTreeMap<&'static str, String> {
         ("succeeded", rate(s.succeeded_per_s)),
         ("failed", rate(s.failed_per_s)),
         ("error", s.error.clone().unwrap_or_default()),
+        (
+            "paused",
+            match (s.paused, &s.paused_by) {
+                (Some(true), Some(by)) => format!("paused by {by}"),
+                (Some(true), None) => "paused".into(),
+                (Some(false), _) => String::new(),
+                (None, _) => "paused state unknown".into(),
+            },
+        ),
     ])
 }
 
@@ -69,14 +78,16 @@ async fn render(st: &AppState, viewer: &Viewer) -> Html<String> {
         p.muted {
             "Sampled every " (humantime::format_duration(st.samples.every)) " by this dashboard; "
             "last " span data-live-at { (when(snap.at)) } ". "
-            @if !snap.worker_seen {
-                "No worker answered on " code { (st.cfg.worker.admin_addr) } " (pool and jobs/s columns need one)."
+            @match snap.pools_from {
+                Some("registry") => { "Pools and jobs/s summed over " (snap.workers) " live workers of the fleet." }
+                Some(_) => { "No worker in the registry; pools and jobs/s from the worker on " code { (st.cfg.worker.admin_addr) } "." }
+                None => { "No live worker: the pool and jobs/s columns stay empty until one runs." }
             }
         }
         table.queues data-live="/live" {
             thead { tr {
                 th { "queue" } th { "priority" } th.num { "visible" } th.num { "in flight" }
-                th.num { "delayed" } th.num { "DLQ" } th { "oldest" } th { "running / target" }
+                th.num { "delayed" } th.num { "DLQ" } th { "oldest" } th { "running / target (fleet)" }
                 th.num { "ok/s" } th.num { "failed/s" } th { "last hour" }
             } }
             tbody {
@@ -84,7 +95,11 @@ async fn render(st: &AppState, viewer: &Viewer) -> Html<String> {
                     @let c = snap.queues.get(name).map(cells).unwrap_or_default();
                     @let cell = |f: &str| c.get(f).cloned().unwrap_or_else(|| "-".into());
                     tr data-queue=(name) {
-                        td { a href={ "/queues/" (q(name)) } { (name) } " " span.err data-q=(name) data-f="error" { (cell("error")) } }
+                        td {
+                            a href={ "/queues/" (q(name)) } { (name) } " "
+                            span.paused data-q=(name) data-f="paused" { (cell("paused")) } " "
+                            span.err data-q=(name) data-f="error" { (cell("error")) }
+                        }
                         td { (qc.priority.as_str()) }
                         td.num data-q=(name) data-f="visible" { (cell("visible")) }
                         td.num data-q=(name) data-f="in_flight" { (cell("in_flight")) }

@@ -12,7 +12,7 @@ use maud::html;
 use crate::WebError;
 use crate::auth::Viewer;
 use crate::chart::{Metric, svg};
-use crate::layout::{Nav, page, q, when};
+use crate::layout::{Nav, csrf, page, q, when};
 use crate::pages::overview::cells;
 use crate::state::AppState;
 
@@ -37,6 +37,30 @@ pub async fn show(
             dt { "oldest" } dd data-q=(queue) data-f="oldest" { (cell("oldest")) }
             dt { "running / target" } dd data-q=(queue) data-f="slots" { (cell("slots")) }
             dt { "ok/s · failed/s" } dd { span data-q=(queue) data-f="succeeded" { (cell("succeeded")) } " · " span data-q=(queue) data-f="failed" { (cell("failed")) } }
+        }
+        div.pause {
+            @match snap.queues.get(&queue).and_then(|s| s.paused) {
+                Some(true) => {
+                    p.warn data-q=(queue) data-f="paused" { (cell("paused")) }
+                    @if viewer.can_act() {
+                        form method="post" action={ "/queues/" (q(&queue)) "/resume" } {
+                            (csrf(&viewer))
+                            button type="submit" name="resume" { "Resume" }
+                        }
+                    }
+                }
+                Some(false) => {
+                    p.muted { "Receiving (not paused)." }
+                    @if viewer.can_act() {
+                        form.inline method="post" action={ "/queues/" (q(&queue)) "/pause" } {
+                            (csrf(&viewer))
+                            input name="reason" placeholder="reason (for the audit log)" size="36";
+                            button type="submit" name="pause" class="danger" { "Pause for the fleet" }
+                        }
+                    }
+                }
+                None => { p.error { "Paused state unknown: the control state is not readable." } }
+            }
         }
         div.charts {
             img data-chart src={ "/chart/" (q(&queue)) "/depth" } alt="depth over the last hour" width="640" height="160";

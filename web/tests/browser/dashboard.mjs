@@ -128,14 +128,26 @@ try {
     check(await post(`/queues/${q}/dlq/plan`, { do: 'purge-matching' }, false) === 403, 'POST without the CSRF token: 403');
     check(await post(`/queues/${q}/dlq/plan`, { do: 'purge-matching' }, true) === 200, 'the same POST with the token: 200');
 
+    // Pause for the fleet: the running worker stops receiving from the queue; resume brings it back.
     await page.goto(`${base}/queues/${q}`);
+    await page.fill('input[name="reason"]', 'browser test: hold the queue');
+    await Promise.all([page.waitForNavigation(), page.click('button[name="pause"]')]);
+    check((await page.textContent('div.pause')).includes('paused by'), 'the queue page shows it paused, and by whom');
     await shot('queue');
+    await step('paused');
+    await Promise.all([page.waitForNavigation(), page.click('button[name="resume"]')]);
+    check((await page.textContent('div.pause')).includes('Receiving'), 'the queue page shows it resumed');
+    await step('resumed');
+    await page.goto(`${base}/workers`);
+    check((await page.textContent('table.workers')).includes('web-test-worker'), 'the workers page lists the running worker');
+    await shot('workers');
     await page.goto(`${base}/schedules`);
     check((await page.textContent('table.schedules')).includes('web_tick'), 'schedules page lists the schedule');
     await shot('schedules');
     await page.goto(`${base}/audit`);
     const audit = await page.textContent('table.audit');
     check(audit.includes('dlq_replay') && audit.includes('(web)'), 'the audit log names the replay and who did it');
+    check(audit.includes('pause') && audit.includes('resume'), 'the audit log has the pause and the resume');
     await shot('audit');
     check(errors.length === 0, `no console errors (CSP violations included): ${JSON.stringify(errors)}`);
   } else if (mode === 'readonly') {
