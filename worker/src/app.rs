@@ -59,6 +59,50 @@ pub fn build_registry(cfg: &Config, settings: &JobSettings) -> Result<Registry, 
     Ok(registry)
 }
 
+/// The fleet's control state on the jobs' database, for the operator commands: connected
+/// within `[worker] connect_timeout`, with the tables brought up to date (`worker migrate`'s
+/// migrator), so a command fails at once, naming the database, when it cannot be reached.
+pub async fn fleet_store(cfg: &Config) -> Result<fleet::Store, CliError> {
+    let url = &cfg.database.url;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(cfg.worker.connect_timeout)
+        .connect(url)
+        .await
+        .map_err(|e| {
+            CliError::Failed(format!(
+                "cannot reach the fleet's control state (the jobs' database at {}): {e}; is it running? check [database] url / JOBFLEET_DATABASE_URL",
+                queues::error::redact_url(url)
+            ))
+        })?;
+    migrations::ensure(&pool)
+        .await
+        .map_err(|e| CliError::Failed(format!("fleet control state: {e}")))?;
+    Ok(fleet::Store::new(pool))
+}
+
+/// The control state a `worker run` follows: a small pool of its own, connected lazily so an
+/// outage never holds the worker up (its refresher then runs on the last state it read).
+async fn worker_fleet_store(cfg: &Config) -> Result<fleet::Store, CliError> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(cfg.worker.connect_timeout)
+        .connect_lazy(&cfg.database.url)
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "database.url is not usable: {e} (set [database] url or JOBFLEET_DATABASE_URL)"
+            ))
+        })?;
+    // The tables may be missing where the broker is not PostgreSQL and `worker migrate` was
+    // never run; an unreachable database is the refresher's to report.
+    match tokio::time::timeout(cfg.worker.connect_timeout, migrations::ensure(&pool)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("fleet control state tables not checked: {e}"),
+        Err(_) => tracing::warn!("fleet control state tables not checked: no answer in time"),
+    }
+    Ok(fleet::Store::new(pool))
+}
+
 /// The payload checks of the kinds `build_registry` would run, without building any handler:
 /// no database pool, no embedding provider.
 pub fn validators(settings: &JobSettings) -> Result<Validators, CliError> {
@@ -154,6 +198,7 @@ impl App {
         let cloudwatch = cfg.cloudwatch.clone();
         let queue_names: Vec<String> = cfg.queues.keys().cloned().collect();
         let db_url = cfg.database.url.clone();
+        let cfg_fleet = cfg.clone();
         let worker = Worker::new(cfg, broker.clone(), registry);
         worker.health().watch(
             runtime::health::database::SERVICE,
@@ -163,6 +208,7 @@ impl App {
         if serve == Serve::PoolsOnly {
             return Ok(worker.run(shutdown).await?);
         }
+        let worker = worker.with_fleet(worker_fleet_store(&cfg_fleet).await?);
         worker.serve_admin(admin_addr, &shutdown).await?;
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let publisher = if cloudwatch.enabled {
@@ -173,7 +219,8 @@ impl App {
                 queue_names,
             )
             .await
-            .map_err(|e| CliError::Usage(format!("[cloudwatch]: {e}")))?;
+            .map_err(|e| CliError::Usage(format!("[cloudwatch]: {e}")))?
+            .with_control(worker.control());
             Some(Arc::new(p).spawn(async move {
                 let _ = drained_rx.await;
             }))

@@ -15,6 +15,9 @@
 //!   data point per worker, all of about the same value: alarms and policies read gauges with
 //!   `Maximum`, which makes the duplicates harmless without electing a publisher. The per-interval
 //!   job counts are each worker's own share and are read with `Sum`.
+//! - A queue paused for the fleet (`worker pause`) publishes [`PAUSED`] = 1 and a [`BACKLOG`] of
+//!   0: its jobs wait on purpose, so they must not make the group grow, and the alarms on its
+//!   depth and age read [`PAUSED`] to stay quiet while it lasts. The raw depths stay as they are.
 //! - A failed publish is logged and counted, and the next attempt waits longer (exponential
 //!   backoff in whole intervals). Nothing is buffered: gauges are read fresh, and job counters are
 //!   deltas against the last *successful* publish, so a retry carries the missed jobs with it.
@@ -96,8 +99,11 @@ pub const DELAYED: &str = "DelayedMessages";
 pub const DLQ_DEPTH: &str = "DeadLetterMessages";
 /// Age of the oldest visible message; left out when the broker cannot tell.
 pub const OLDEST_AGE: &str = "OldestMessageAge";
-/// Visible + in flight: the work not yet finished, divided by instances for scaling.
+/// Visible + in flight: the work not yet finished, divided by instances for scaling; 0 while
+/// the queue is paused.
 pub const BACKLOG: &str = "Backlog";
+/// 1 while the queue is paused for the fleet, else 0.
+pub const PAUSED: &str = "Paused";
 /// Jobs that succeeded on this worker in the interval.
 pub const SUCCEEDED: &str = "JobsSucceeded";
 /// Attempts that failed on this worker in the interval.
@@ -141,7 +147,13 @@ pub const METRICS: &[MetricSpec] = &[
         name: BACKLOG,
         unit: "Count",
         aggregation: Aggregation::Gauge,
-        help: "visible + in flight; backlog per instance = Backlog / GroupInServiceInstances",
+        help: "visible + in flight, 0 while paused; backlog per instance = Backlog / GroupInServiceInstances",
+    },
+    MetricSpec {
+        name: PAUSED,
+        unit: "Count",
+        aggregation: Aggregation::Gauge,
+        help: "1 while the queue is paused for the fleet (worker pause), else 0",
     },
     MetricSpec {
         name: SUCCEEDED,
@@ -255,6 +267,8 @@ pub struct Publisher {
     broker: Arc<dyn Broker>,
     source: Arc<dyn SnapshotSource>,
     queues: Vec<String>,
+    /// The fleet's pauses (nothing paused when detached).
+    control: fleet::Control,
     instance_id: Option<String>,
     call_timeout: Duration,
     depth_timeout: Duration,
@@ -356,6 +370,7 @@ impl Publisher {
             broker,
             source,
             queues,
+            control: fleet::Control::detached(),
             instance_id: if cfg.per_instance {
                 instance_id.or_else(|| Some(runtime::host::hostname()))
             } else {
@@ -372,6 +387,12 @@ impl Publisher {
     /// one before sleeping), so a short interval only needs a bound, not a tight one.
     fn call_timeout_for(interval: Duration) -> Duration {
         interval.clamp(Duration::from_secs(5), Duration::from_secs(10))
+    }
+
+    /// Follows the fleet's pauses in `control` (see the module doc).
+    pub fn with_control(mut self, control: fleet::Control) -> Self {
+        self.control = control;
+        self
     }
 
     /// Failed publishes since start (also exported as [`PUBLISH_FAILURES_METRIC`]).
@@ -418,12 +439,14 @@ impl Publisher {
         };
         let mut data = Vec::with_capacity(self.queues.len() * METRICS.len());
         let mut depth_errors = 0;
+        let control = self.control.state();
         for ((queue, depth), delta) in self.queues.iter().zip(&depths).zip(&deltas) {
             if depth.is_none() {
                 depth_errors += 1;
                 metrics::counter!(DEPTH_ERRORS_METRIC, "queue" => queue.clone()).increment(1);
             }
-            for (name, value) in values(depth.as_ref(), *delta) {
+            let paused = control.paused.contains_key(queue);
+            for (name, value) in values(depth.as_ref(), *delta, paused) {
                 data.push(self.datum(queue, name, value, now));
             }
         }
@@ -559,15 +582,18 @@ impl Publisher {
 }
 
 /// The values of one queue, by metric name. Depth gauges are left out when the depth could not
-/// be read (a missing point, not a false zero, so alarms don't clear on a broker outage).
-fn values(depth: Option<&Depth>, delta: Counters) -> Vec<(&'static str, f64)> {
+/// be read (a missing point, not a false zero, so alarms don't clear on a broker outage). A
+/// paused queue's backlog is published as 0, so it does not scale the group.
+fn values(depth: Option<&Depth>, delta: Counters, paused: bool) -> Vec<(&'static str, f64)> {
     let mut v = Vec::with_capacity(METRICS.len());
+    v.push((PAUSED, if paused { 1.0 } else { 0.0 }));
     if let Some(d) = depth {
         v.push((VISIBLE, d.visible as f64));
         v.push((IN_FLIGHT, d.in_flight as f64));
         v.push((DELAYED, d.delayed as f64));
         v.push((DLQ_DEPTH, d.dead_lettered as f64));
-        v.push((BACKLOG, d.backlog() as f64));
+        let backlog = if paused { 0 } else { d.backlog() };
+        v.push((BACKLOG, backlog as f64));
         if let Some(age) = d.oldest_age {
             v.push((OLDEST_AGE, age.as_secs_f64()));
         }
@@ -744,13 +770,27 @@ mod tests {
             in_flight: 2,
             ..Default::default()
         };
-        let v = values(Some(&d), Counters::default());
+        let v = values(Some(&d), Counters::default(), false);
         assert!(v.contains(&(BACKLOG, 5.0)));
+        assert!(v.contains(&(PAUSED, 0.0)));
         assert!(!v.iter().any(|(n, _)| *n == OLDEST_AGE));
-        let v = values(None, Counters::default());
+        let v = values(None, Counters::default(), false);
         assert_eq!(
             v.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            vec![SUCCEEDED, FAILED, DEAD_LETTERED]
+            vec![PAUSED, SUCCEEDED, FAILED, DEAD_LETTERED]
         );
+    }
+
+    #[test]
+    fn a_paused_queue_publishes_no_backlog_but_keeps_its_depth() {
+        let d = Depth {
+            visible: 1000,
+            in_flight: 2,
+            ..Default::default()
+        };
+        let v = values(Some(&d), Counters::default(), true);
+        assert!(v.contains(&(PAUSED, 1.0)));
+        assert!(v.contains(&(BACKLOG, 0.0)), "{v:?}");
+        assert!(v.contains(&(VISIBLE, 1000.0)), "{v:?}");
     }
 }

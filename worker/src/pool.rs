@@ -1,12 +1,14 @@
 //! One pool per queue: a receive loop that long-polls for as many jobs as it has free slots and
 //! runs each in its own task. The slot count is set at run time by the control loop
 //! ([`Pool::resize`]); shrinking never interrupts a running job, it only stops new receives
-//! until enough jobs have finished.
+//! until enough jobs have finished. A queue paused for the fleet ([`fleet::Control`]) is not
+//! received from; what a receive under way when the pause is seen brings is handed back unrun.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use fleet::Control;
 use queues::{Broker, Depth};
 use tokio::sync::{Notify, watch};
 
@@ -152,7 +154,9 @@ impl Pool {
     /// Receives and starts jobs until `stop` turns true. A receive already under way when the
     /// stop comes is finished, and whatever it brought is handed back at once (nack without
     /// delay) rather than dropped: dropping it would hide those jobs for a visibility timeout.
-    /// Jobs keep running after this returns; `abort` tells them to hand back and stop.
+    /// The same goes for a pause of the queue in `control`: no receive while it lasts, and no
+    /// job started once it is seen. Jobs keep running after this returns; `abort` tells them
+    /// to hand back and stop.
     pub async fn receive_loop(
         self: Arc<Self>,
         broker: Arc<dyn Broker>,
@@ -160,12 +164,29 @@ impl Pool {
         receive_wait: Duration,
         mut stop: watch::Receiver<bool>,
         abort: watch::Receiver<bool>,
+        mut control: Control,
     ) {
         self.receiving.store(true, Ordering::SeqCst);
         let labels = [("queue", self.queue.clone())];
+        let mut was_paused = false;
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if control.is_paused(&self.queue) {
+                if !was_paused {
+                    tracing::info!(queue = %self.queue, "queue paused for the fleet: receiving nothing until it is resumed");
+                    was_paused = true;
+                }
+                tokio::select! {
+                    _ = control.changed() => {}
+                    _ = until_set(&mut stop) => break,
+                }
+                continue;
+            }
+            if was_paused {
+                tracing::info!(queue = %self.queue, "queue resumed: receiving again");
+                was_paused = false;
             }
             let free = self.free_slots();
             if free == 0 {
@@ -191,13 +212,18 @@ impl Pool {
                     continue;
                 }
             };
-            if *stop.borrow() {
+            let stopping = *stop.borrow();
+            if stopping || control.is_paused(&self.queue) {
+                let why = if stopping { "shutdown" } else { "pause" };
                 for d in batch {
                     if let Err(e) = d.nack(Duration::ZERO).await {
-                        tracing::warn!(queue = %self.queue, id = %d.message().id(), error = %e, "hand-back on shutdown failed; the job returns after its visibility timeout");
+                        tracing::warn!(queue = %self.queue, id = %d.message().id(), error = %e, "hand-back on {why} failed; the job returns after its visibility timeout");
                     }
                 }
-                break;
+                if stopping {
+                    break;
+                }
+                continue;
             }
             for delivery in batch {
                 self.running.fetch_add(1, Ordering::SeqCst);

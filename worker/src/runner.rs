@@ -9,6 +9,8 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet::Control;
+use fleet::cancel::CancelRequest;
 use jobs::{JobContext, Registered, Registry};
 use queues::{Delivery, Envelope, QueueError};
 use tokio::sync::watch;
@@ -26,6 +28,8 @@ use crate::verdict::{self, Outcome, Verdict, verdict};
 pub struct Runner {
     registry: Arc<Registry>,
     worker_id: String,
+    /// The fleet's cancel requests, read from the snapshot (never from the database).
+    control: Control,
 }
 
 fn panic_message(p: Box<dyn Any + Send>) -> String {
@@ -79,7 +83,14 @@ impl Runner {
         Runner {
             registry,
             worker_id: worker_id.into(),
+            control: Control::detached(),
         }
+    }
+
+    /// Honours the cancel requests of `control` (a fleet snapshot the worker keeps fresh).
+    pub fn with_control(mut self, control: Control) -> Self {
+        self.control = control;
+        self
     }
 
     /// The worker id written into error histories.
@@ -122,17 +133,30 @@ impl Runner {
                     .finish(&*delivery, &lease, Some(env), None, UNKNOWN_LABEL, outcome)
                     .await;
             };
-            let outcome = attempt(queue, &lease, &*delivery, &env, reg, abort).await;
+            // Checked at receipt: on a backend that cannot delete a queued message by id
+            // (SQS, RabbitMQ) this is where a cancel of a waiting job takes effect.
+            let (outcome, cancel) = match self.control.cancel_for(queue, &env.id) {
+                Some(req) => (cancelled(&req), Some(req)),
+                None => {
+                    let control = self.control.clone();
+                    attempt(queue, &lease, &*delivery, &env, reg, abort, control).await
+                }
+            };
             let kind = env.kind.clone();
-            self.finish(
-                &*delivery,
-                &lease,
-                Some(env),
-                Some(&reg.policy),
-                &kind,
-                outcome,
-            )
-            .await
+            let settled = self
+                .finish(
+                    &*delivery,
+                    &lease,
+                    Some(env),
+                    Some(&reg.policy),
+                    &kind,
+                    outcome,
+                )
+                .await;
+            if let (Some(req), Settled::DeadLettered { .. }) = (cancel, &settled) {
+                self.control.met(&req);
+            }
+            settled
         }
         .instrument(span)
         .await
@@ -167,8 +191,15 @@ impl Runner {
     }
 }
 
+fn cancelled(req: &CancelRequest) -> Outcome {
+    Outcome::Cancelled {
+        reason: req.dlq_reason(),
+    }
+}
+
 /// Everything between finding the kind and deciding: the crash-loop check, `validate`, and the
-/// handler's run in a task of its own, raced against the heartbeat and the abort flag.
+/// handler's run in a task of its own, raced against the heartbeat, the abort flag and a cancel
+/// request arriving in the fleet snapshot. Returns the cancel request that stopped it, if one did.
 async fn attempt(
     queue: &str,
     lease: &LeaseClock,
@@ -176,14 +207,15 @@ async fn attempt(
     env: &Envelope,
     reg: &Registered,
     mut abort: watch::Receiver<bool>,
-) -> Outcome {
+    mut control: Control,
+) -> (Outcome, Option<CancelRequest>) {
     let policy = &reg.policy;
     let receives = delivery.message().receive_count();
     if verdict::is_crash_loop(receives, env, policy) {
-        return Outcome::CrashLoop { receives };
+        return (Outcome::CrashLoop { receives }, None);
     }
     if let Err(e) = reg.handler.validate(&env.payload) {
-        return Outcome::Invalid(e);
+        return (Outcome::Invalid(e), None);
     }
 
     ledger::started(queue, &env.kind);
@@ -208,11 +240,17 @@ async fn attempt(
             Ok(Err(join)) => Outcome::Panicked(format!("handler task ended: {join}")),
         },
         // Not settled: the redelivered twin owns the job now.
-        _ = heartbeat(delivery, lease) => return Outcome::LeaseLost,
-        _ = until_set(&mut abort) => return Outcome::Shutdown,
+        _ = heartbeat(delivery, lease) => return (Outcome::LeaseLost, None),
+        _ = until_set(&mut abort) => return (Outcome::Shutdown, None),
+        // Dropping the handler task's guard aborts it: whatever transaction it holds is rolled
+        // back, never committed.
+        req = control.cancelled(queue, &env.id) => {
+            tracing::warn!(requested_by = %req.requested_by, "cancel requested; stopping the handler");
+            return (cancelled(&req), Some(req));
+        }
     };
     ledger::ran(queue, &env.kind, started.elapsed());
-    outcome
+    (outcome, None)
 }
 
 /// One log line per decision, at the level the case deserves.

@@ -33,6 +33,9 @@ pub enum Outcome {
     LeaseLost,
     /// The shutdown grace ran out; the handler was cut off.
     Shutdown,
+    /// An operator cancelled the job (`worker cancel`): it was not started, or its handler was
+    /// cut off. `reason` is the DLQ reason, `cancelled by <who>: <why>`.
+    Cancelled { reason: String },
 }
 
 impl Outcome {
@@ -118,6 +121,8 @@ pub fn verdict(
         Outcome::Succeeded { .. } => return Verdict::Ack,
         Outcome::LeaseLost => return Verdict::LeaveAlone,
         Outcome::Shutdown => return Verdict::HandBack,
+        // Never retried: the operator asked for it not to run; a DLQ replay brings it back.
+        Outcome::Cancelled { reason } => return dead(reason.clone()),
         Outcome::Failed(JobError::RetryAfter { after, message }) => (message.clone(), Some(*after)),
         Outcome::Failed(JobError::Retry(m)) => (m.clone(), None),
         Outcome::TimedOut(t) => (
@@ -376,5 +381,20 @@ mod tests {
         // Not a failure, even on the last attempt: nothing is recorded against it.
         assert_eq!(decide(7, 8, Outcome::Shutdown, 0.5), Verdict::HandBack);
         assert!(!Outcome::Shutdown.is_failed_attempt());
+    }
+
+    #[test]
+    fn a_cancelled_job_is_dead_lettered_with_the_operators_reason_whatever_its_attempts() {
+        let reason = "cancelled by alice@ops: wrong customer".to_owned();
+        for failed in [0, 3] {
+            let outcome = Outcome::Cancelled {
+                reason: reason.clone(),
+            };
+            assert_eq!(
+                dlq_reason(decide(failed, 8, outcome.clone(), 0.5)),
+                (reason.clone(), reason.clone())
+            );
+            assert!(!outcome.is_failed_attempt());
+        }
     }
 }

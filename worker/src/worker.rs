@@ -1,11 +1,17 @@
 //! The running worker: one pool per configured queue, the control loop that sizes them, and
 //! the graceful drain an Auto Scaling scale-in relies on (stop receiving, let in-flight jobs
-//! finish within the grace period, hand the rest back, return).
+//! finish within the grace period, hand the rest back, return). With the fleet's control state
+//! attached ([`Worker::with_fleet`]) it also registers itself, reports its pools every sample
+//! interval, and follows the fleet's pauses and cancels from a snapshot refreshed beside the
+//! pools (`fleet::snapshot`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet::registry::{PoolReport, Registration, Report};
+use fleet::snapshot::Refresher;
+use fleet::{Control, Store};
 use jobs::Registry;
 use queues::{Broker, QueueError, QueueSpec};
 use tokio::sync::watch;
@@ -67,6 +73,8 @@ pub struct Worker {
     runner: Arc<Runner>,
     pools: Arc<Vec<Arc<Pool>>>,
     health: Health,
+    control: Control,
+    fleet: Option<Store>,
 }
 
 impl Worker {
@@ -89,13 +97,28 @@ impl Worker {
             &broker.url(),
             runtime::health::broker::prober(broker.clone()),
         );
+        let control = Control::detached();
         Worker {
-            runner: Arc::new(Runner::new(Arc::new(registry), id)),
+            runner: Arc::new(Runner::new(Arc::new(registry), id).with_control(control.clone())),
             cfg,
             broker,
             pools: Arc::new(pools),
             health,
+            control,
+            fleet: None,
         }
+    }
+
+    /// Joins the fleet whose control state is in `store`: registry row, pauses, cancels.
+    /// Without it the worker runs alone (nothing paused, nothing cancelled).
+    pub fn with_fleet(mut self, store: Store) -> Self {
+        self.fleet = Some(store);
+        self
+    }
+
+    /// The fleet snapshot the pools and the runner follow.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// The services this worker needs, probed every `worker.sample_interval` while it runs;
@@ -116,15 +139,22 @@ impl Worker {
         }
     }
 
-    /// `/readyz`: every service answered its last probe and every pool is receiving.
+    /// `/readyz`: every service answered its last probe, the fleet's control state its last
+    /// refresh, and every pool is receiving.
     pub fn ready_check(&self) -> ReadyCheck {
         let health = self.health.clone();
         let view = self.view();
+        let control = self.control.clone();
         Arc::new(move || {
             let status = health.status();
+            let control = control.status();
             let view = view.clone();
             Box::pin(async move {
-                status?;
+                match (status, control) {
+                    (Ok(()), Ok(())) => {}
+                    (Err(a), Err(b)) => return Err(format!("{a}; {b}")),
+                    (Err(e), Ok(())) | (Ok(()), Err(e)) => return Err(e),
+                }
                 if !view.all_receiving() {
                     return Err("pools are not running (starting up or draining)".into());
                 }
@@ -178,6 +208,11 @@ impl Worker {
             budget = w.budget,
             "worker started"
         );
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let refresher = match &self.fleet {
+            Some(store) => Some(self.join_fleet(store.clone(), &shutdown, drained_rx).await),
+            None => None,
+        };
         let s = shutdown.clone();
         let monitor = tokio::spawn(self.health.clone().monitor(
             w.sample_interval,
@@ -202,6 +237,7 @@ impl Worker {
                     w.receive_wait,
                     stop.clone(),
                     abort_rx.clone(),
+                    self.control.clone(),
                 ))
             })
             .collect();
@@ -242,7 +278,69 @@ impl Worker {
             };
             let _ = tokio::time::timeout(Duration::from_secs(10), rest).await;
         }
+        // The registry row goes last: until here the fleet sees this worker draining.
+        let _ = drained_tx.send(());
+        if let Some(task) = refresher {
+            let _ = tokio::time::timeout(w.connect_timeout + Duration::from_secs(1), task).await;
+        }
         tracing::info!(handed_back = report.handed_back, "worker stopped");
         Ok(report)
+    }
+
+    /// Registers in the fleet and reads its state once before the pools start (a restarted
+    /// worker must not receive from a paused queue), then keeps both fresh every sample
+    /// interval until `drained`. An unreachable control state does not stop the start.
+    async fn join_fleet(
+        &self,
+        store: Store,
+        shutdown: &Shutdown,
+        drained: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<()> {
+        let w = &self.cfg.worker;
+        let view = self.view();
+        let draining = shutdown.clone();
+        let refresher = Refresher {
+            store: store.clone(),
+            control: self.control.clone(),
+            registration: Registration {
+                instance: uuid::Uuid::new_v4(),
+                worker_id: self.id().to_owned(),
+                host: runtime::host::hostname(),
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                backend: self.broker.backend().to_owned(),
+                started_at: chrono::Utc::now(),
+                interval_ms: w.sample_interval.as_millis() as u64,
+            },
+            report: move || Report {
+                draining: draining.is_triggered(),
+                pools: view.snapshot().into_iter().map(pool_report).collect(),
+            },
+            queues: self.pools.iter().map(|p| p.queue.clone()).collect(),
+            timeout: w.connect_timeout,
+        };
+        if let Err(e) = tokio::time::timeout(w.connect_timeout, store.forget_lost()).await {
+            tracing::debug!("registry clean-up skipped: {e}");
+        }
+        // A failure is logged by the refresher; the pools then start with nothing paused.
+        if refresher.refresh().await.is_ok() {
+            let paused: Vec<String> = self.control.state().paused.keys().cloned().collect();
+            tracing::info!(?paused, "joined the fleet's control state");
+        }
+        tokio::spawn(refresher.run(w.sample_interval, async move {
+            let _ = drained.await;
+        }))
+    }
+}
+
+fn pool_report(p: PoolSnapshot) -> PoolReport {
+    PoolReport {
+        queue: p.queue,
+        target: p.target,
+        granted: p.granted,
+        running: p.running,
+        succeeded: p.succeeded,
+        failed: p.failed,
+        dead_lettered: p.dead_lettered,
     }
 }

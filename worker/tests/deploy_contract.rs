@@ -255,6 +255,40 @@ fn template_metrics_are_the_ones_the_worker_publishes() {
     }
 }
 
+/// A paused queue's jobs wait on purpose: the alarms on its depth and age read `Paused` beside
+/// the value (metric math `value * (1 - paused)`), and the scaling policy reads `Backlog`, which
+/// a paused queue publishes as 0 (`worker::cloudwatch`), so a pause neither pages anyone nor
+/// grows the group.
+#[test]
+fn depth_and_age_alarms_are_silent_while_their_queue_is_paused() {
+    let t = Template::load();
+    let uses = metric_uses(&t);
+    let mut checked = 0;
+    for (name, r) in t.resources() {
+        if r["Type"] != "AWS::CloudWatch::Alarm" {
+            continue;
+        }
+        let here: Vec<&Use> = uses.iter().filter(|u| &u.resource == name).collect();
+        let reads = |m: &str| here.iter().find(|u| u.name == m);
+        for m in [cloudwatch::VISIBLE, cloudwatch::OLDEST_AGE] {
+            let Some(value) = reads(m) else { continue };
+            let paused = reads(cloudwatch::PAUSED)
+                .unwrap_or_else(|| panic!("{name}: alarms on {m} but does not read Paused"));
+            assert_eq!(paused.dimensions, value.dimensions, "{name}: same queue");
+            let metrics = r["Properties"]["Metrics"].as_array().unwrap();
+            let returned: Vec<&Value> = metrics
+                .iter()
+                .filter(|x| x["ReturnData"] == Value::Bool(true))
+                .collect();
+            assert_eq!(returned.len(), 1, "{name}: one expression decides");
+            let expr = returned[0]["Expression"].as_str().unwrap_or_default();
+            assert_eq!(expr, "value * (1 - paused)", "{name}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2 * Config::default().queues.len(), "depth + age per queue");
+}
+
 #[test]
 fn template_iam_and_drain_match_the_worker() {
     let t = Template::load();

@@ -2,15 +2,19 @@
 //! type), what it does, and how its result is printed. Each is also a library function that
 //! returns data, so tests call it without the binary.
 
+pub mod audit;
+pub mod cancel;
 pub mod demo;
 pub mod dlq;
 pub mod enqueue;
 pub mod error;
 pub mod migrate;
+pub mod pause;
 pub mod queues;
 pub mod run;
 pub mod search;
 pub mod web;
+pub mod workers;
 
 use runtime::Config;
 
@@ -42,6 +46,16 @@ pub enum Cmd {
     /// The dashboard: queues, DLQ browser with replay/purge, schedules, audit (loopback by
     /// default; elsewhere it needs JOBFLEET_WEB_TOKEN).
     Web(web::Args),
+    /// The fleet: every running worker process, its pools and counts, lost ones marked.
+    Workers(workers::Args),
+    /// Stop receiving from a queue on every worker (running jobs finish).
+    Pause(pause::PauseArgs),
+    /// Receive from a paused queue again, on every worker.
+    Resume(pause::ResumeArgs),
+    /// Cancel one job, waiting or running: it goes to the DLQ with who cancelled it and why.
+    Cancel(cancel::Args),
+    /// The operator audit log: who paused, cancelled, replayed, purged what, and when.
+    Audit(audit::Args),
 }
 
 impl Cmd {
@@ -59,6 +73,11 @@ impl Cmd {
             Cmd::Search(args) => search::execute(&cfg, &settings, &args).await,
             Cmd::Dlq { cmd } => cmd.execute(&cfg).await,
             Cmd::Web(args) => web::execute(cfg, &args).await,
+            Cmd::Workers(args) => workers::execute(&cfg, &args).await,
+            Cmd::Pause(args) => pause::execute_pause(&cfg, &args).await,
+            Cmd::Resume(args) => pause::execute_resume(&cfg, &args).await,
+            Cmd::Cancel(args) => cancel::execute(&cfg, &args).await,
+            Cmd::Audit(args) => audit::execute(&cfg, &args).await,
         }
     }
 }

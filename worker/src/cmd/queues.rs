@@ -1,11 +1,13 @@
-//! `worker queues [--json]`: the depth of every configured queue, with the pool target a
-//! running worker on the configured admin port reports in its `/metrics`.
+//! `worker queues [--json]`: the depth of every configured queue, whether it is paused for the
+//! fleet (and by whom), with the pool target a running worker on the configured admin port
+//! reports in its `/metrics`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use comfy_table::Table;
+use fleet::pause::Paused;
 use queues::Broker;
 use runtime::Config;
 use serde::Serialize;
@@ -32,15 +34,39 @@ pub struct QueueRow {
     pub oldest_age: Option<f64>,
     /// The running worker's current target, when one answers on the configured admin port.
     pub pool_target: Option<usize>,
+    /// Paused for the fleet: `None` when the control state could not be read.
+    pub paused: Option<bool>,
+    /// Who paused it and why, while paused.
+    pub paused_by: Option<String>,
+    pub paused_reason: Option<String>,
 }
 
 /// Connects, reads the depths and the live targets, prints the table.
 pub async fn execute(cfg: &Config, args: &Args) -> Result<(), CliError> {
     let broker = crate::app::connect(cfg).await?;
     let targets = live_targets(cfg.worker.admin_addr).await;
-    let rows = rows(&*broker, cfg, &targets).await?;
+    let mut rows = rows(&*broker, cfg, &targets).await?;
+    // Best effort: the depths are worth showing even when the control state is away.
+    let paused = match crate::app::fleet_store(cfg).await {
+        Ok(store) => store.paused().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &paused {
+        eprintln!("warning: paused queues unknown: {e}");
+    }
+    mark_paused(&mut rows, paused.ok().as_deref());
     println!("{}", render(&rows, args.json));
     Ok(())
+}
+
+/// Fills in the paused columns from the fleet's paused queues (`None`: unknown).
+pub fn mark_paused(rows: &mut [QueueRow], paused: Option<&[Paused]>) {
+    for r in rows {
+        let p = paused.map(|list| list.iter().find(|p| p.queue == r.queue));
+        r.paused = p.map(|p| p.is_some());
+        r.paused_by = p.flatten().map(|p| p.paused_by.clone());
+        r.paused_reason = p.flatten().map(|p| p.reason.clone());
+    }
 }
 
 /// Depth of every configured queue, with live pool targets when `targets` has them.
@@ -61,6 +87,9 @@ pub async fn rows(
             dead_lettered: d.dead_lettered,
             oldest_age: d.oldest_age.map(|a| a.as_secs_f64()),
             pool_target: targets.get(name).copied(),
+            paused: None,
+            paused_by: None,
+            paused_reason: None,
         });
     }
     Ok(rows)
@@ -102,6 +131,7 @@ pub fn render(rows: &[QueueRow], json: bool) -> String {
         "DLQ",
         "oldest",
         "pool target",
+        "paused",
     ]);
     for r in rows {
         t.add_row(vec![
@@ -113,6 +143,18 @@ pub fn render(rows: &[QueueRow], json: bool) -> String {
             r.dead_lettered.to_string(),
             age(r.oldest_age),
             r.pool_target.map_or("-".into(), |t| t.to_string()),
+            match (r.paused, &r.paused_by) {
+                (None, _) => "?".into(),
+                (Some(false), _) => "no".into(),
+                (Some(true), by) => {
+                    let why = r.paused_reason.as_deref().filter(|w| !w.is_empty());
+                    match (by, why) {
+                        (Some(by), Some(why)) => format!("PAUSED by {by}: {why}"),
+                        (Some(by), None) => format!("PAUSED by {by}"),
+                        _ => "PAUSED".into(),
+                    }
+                }
+            },
         ]);
     }
     t.to_string()

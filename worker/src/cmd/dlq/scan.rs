@@ -1,11 +1,17 @@
 //! The scan `replay` and `purge` share: the run flags, a progress bar on a terminal, stopping
-//! after the current entry on the first Ctrl-C, the audit record, and the summary.
+//! after the current entry on the first Ctrl-C, the audit record (a row of the fleet's audit
+//! log, written before the scan and completed with its counts after, plus the log line and the
+//! optional `--audit-log` file), and the summary. A replay also deletes the cancel requests of
+//! the jobs it brings back, so the replayed copies run.
 
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use chrono::Utc;
+use fleet::audit::{Action, Entry};
+use fleet::{Actor, Store};
+use serde_json::json;
 use indicatif::{ProgressBar, ProgressStyle};
 use queues::dlq::{DlqFilter, ScanObserver, ScanOptions, ScanReport};
 use queues::{Broker, DlqEntry};
@@ -45,6 +51,9 @@ pub struct DlqRunOptions {
     pub audit_log: Option<PathBuf>,
     /// Once triggered (Ctrl-C), stop after the current entry; re-running continues.
     pub interrupt: Option<Shutdown>,
+    /// The fleet's control state: the audit row goes there, and a replay clears the cancel
+    /// requests of what it brings back. Required for anything but a dry run from the CLI.
+    pub fleet: Option<(Store, Actor)>,
 }
 
 /// Runs `action` from the command line: first Ctrl-C stops after the current entry, a second
@@ -57,6 +66,14 @@ pub(super) async fn execute(
     rate: Option<f64>,
 ) -> Result<(), CliError> {
     let filter = args.filters.parse()?;
+    check_queue(cfg, &args.queue)?;
+    // Nothing happens unless it can be recorded: no audit row, no replay or purge.
+    let fleet = if args.dry_run {
+        None
+    } else {
+        let store = crate::app::fleet_store(cfg).await?;
+        Some((store, Actor::operator(&runtime::host::hostname())))
+    };
     let interrupt = Shutdown::new();
     interrupt.on_signals(|| {
         eprintln!("interrupted: finishing the current entry (Ctrl-C again to quit now)");
@@ -71,6 +88,7 @@ pub(super) async fn execute(
         progress: std::io::stderr().is_terminal() && !args.json,
         audit_log: args.audit_log.clone(),
         interrupt: Some(interrupt),
+        fleet,
     };
     let record = run(broker, cfg, action, &args.queue, &filter, &opts).await?;
     println!("{}", render(&record, args.json));
@@ -86,6 +104,8 @@ pub(super) async fn execute(
 struct Progress {
     bar: Option<ProgressBar>,
     interrupt: Option<Shutdown>,
+    /// Job ids written back to the queue (replay).
+    written: Vec<String>,
 }
 
 impl ScanObserver for Progress {
@@ -99,7 +119,10 @@ impl ScanObserver for Progress {
         }
     }
 
-    fn written(&mut self, _e: &DlqEntry) -> ControlFlow<()> {
+    fn written(&mut self, e: &DlqEntry) -> ControlFlow<()> {
+        if let Some(env) = &e.envelope {
+            self.written.push(env.id.clone());
+        }
         match &self.interrupt {
             Some(i) if i.is_triggered() => ControlFlow::Break(()),
             _ => ControlFlow::Continue(()),
@@ -130,9 +153,33 @@ pub async fn run(
     } else {
         None
     };
+    let fleet_action = match action {
+        DlqAction::Replay => Action::DlqReplay,
+        DlqAction::Purge => Action::DlqPurge,
+    };
+    let audit_id = match (&opts.fleet, opts.scan.dry_run) {
+        (Some((store, actor)), false) => Some(
+            store
+                .audit(&Entry {
+                    actor: actor.clone(),
+                    action: fleet_action,
+                    target: queue.to_owned(),
+                    detail: json!({
+                        "filter": filter.describe(),
+                        "limit": opts.scan.limit,
+                        "rate": opts.scan.rate,
+                    }),
+                    counts: None,
+                })
+                .await
+                .map_err(|e| CliError::Failed(format!("{e}; nothing was changed")))?,
+        ),
+        _ => None,
+    };
     let mut observer = Progress {
         bar: bar.clone(),
         interrupt: opts.interrupt.clone(),
+        written: Vec::new(),
     };
     let result = match action {
         DlqAction::Replay => {
@@ -144,6 +191,30 @@ pub async fn run(
     };
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    let mut cleared = 0;
+    if let Some((store, _)) = &opts.fleet
+        && action == DlqAction::Replay
+        && !observer.written.is_empty()
+    {
+        match store.clear_cancels(queue, &observer.written).await {
+            Ok(n) => cleared = n,
+            Err(e) => tracing::warn!(error = %e, "could not clear the cancel requests of the replayed jobs; a replayed job cancelled earlier may be cancelled again"),
+        }
+    }
+    if let (Some((store, _)), Some(id), Ok(rep)) = (&opts.fleet, audit_id, &result) {
+        let counts = json!({
+            "scanned": rep.scanned,
+            "matched": rep.matched,
+            "done": rep.done,
+            "skipped": rep.skipped,
+            "failed": rep.failed,
+            "interrupted": rep.interrupted,
+            "cancels_cleared": cleared,
+        });
+        if let Err(e) = store.audit_counts(id, &counts).await {
+            tracing::warn!(error = %e, audit_id = id, "could not record the counts in the audit log");
+        }
     }
     let record = AuditRecord {
         at: Utc::now(),
