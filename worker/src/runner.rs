@@ -147,12 +147,11 @@ impl Runner {
             let (outcome, cancel) = match self.control.cancel_for(queue, &env.id) {
                 Some(req) => (cancelled(&req), Some(req)),
                 None => {
-                    let control = self.control.clone();
-                    let limiter = &self.limiter;
-                    attempt(
-                        queue, &lease, &*delivery, &env, reg, limiter, abort, control,
-                    )
-                    .await
+                    let fleet = FleetHooks {
+                        limiter: &self.limiter,
+                        control: self.control.clone(),
+                    };
+                    attempt(queue, &lease, &*delivery, &env, reg, fleet, abort).await
                 }
             };
             let kind = env.kind.clone();
@@ -211,6 +210,13 @@ fn cancelled(req: &CancelRequest) -> Outcome {
     }
 }
 
+/// What the fleet's control plane asks of one attempt: permits from the limits, and a watch for
+/// a cancel request.
+struct FleetHooks<'a> {
+    limiter: &'a Limiter,
+    control: Control,
+}
+
 /// Everything between finding the kind and deciding: the crash-loop check, `validate`, the
 /// permits of the limits on its kind and queue, and the handler's run in a task of its own,
 /// raced against the heartbeat, the abort flag and a cancel request arriving in the fleet
@@ -221,10 +227,13 @@ async fn attempt(
     delivery: &dyn Delivery,
     env: &Envelope,
     reg: &Registered,
-    limiter: &Limiter,
+    fleet: FleetHooks<'_>,
     mut abort: watch::Receiver<bool>,
-    mut control: Control,
 ) -> (Outcome, Option<CancelRequest>) {
+    let FleetHooks {
+        limiter,
+        mut control,
+    } = fleet;
     let policy = &reg.policy;
     let receives = delivery.message().receive_count();
     if verdict::is_crash_loop(receives, env, policy) {

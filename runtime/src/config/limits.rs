@@ -94,7 +94,7 @@ impl fmt::Display for Rate {
             (1000, "s"),
         ]
         .into_iter()
-        .find(|(size, _)| ms % size == 0)
+        .find(|(size, _)| ms.is_multiple_of(*size))
         .map_or((ms, "ms"), |(size, u)| (ms / size, u));
         if n == 1 {
             write!(f, "{}/{u}", self.count)
