@@ -260,8 +260,9 @@ async fn cloudwatch_burst_reads_back_as_real_depth() {
     let depth = broker.depth(&q).await.unwrap();
     let report = p.publish_once().await.unwrap();
     assert_eq!(report.calls, 1, "one call carries every queue");
-    // 6 gauges + 3 counters for q (it has an oldest age); 5 + 3 for the empty queue.
-    assert_eq!(report.data, 9 + 8);
+    // 7 gauges (Paused among them) + 3 counters for q (it has an oldest age); 6 + 3 for the
+    // empty queue.
+    assert_eq!(report.data, 10 + 9);
     assert_eq!(p.failures(), 0);
 
     let ns = &cfg.namespace;
