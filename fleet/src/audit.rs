@@ -118,16 +118,23 @@ impl Store {
         since: Option<DateTime<Utc>>,
         limit: i64,
     ) -> Result<Vec<Record>> {
-        let rows: Vec<(i64, DateTime<Utc>, String, String, String, Value, Option<Value>)> =
-            sqlx::query_as(
-                "SELECT id, at, actor, action, target, detail, counts FROM jobfleet.audit_log \
+        let rows: Vec<(
+            i64,
+            DateTime<Utc>,
+            String,
+            String,
+            String,
+            Value,
+            Option<Value>,
+        )> = sqlx::query_as(
+            "SELECT id, at, actor, action, target, detail, counts FROM jobfleet.audit_log \
                  WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY at DESC, id DESC LIMIT $2",
-            )
-            .bind(since)
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await
-            .map_err(Error::db("read the audit log"))?;
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .map_err(Error::db("read the audit log"))?;
         Ok(rows
             .into_iter()
             .map(|(id, at, actor, action, target, detail, counts)| Record {

@@ -9,14 +9,16 @@ const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A database of its own, migrated, so parallel tests never see each other's rows.
 async fn fresh_store() -> Store {
-    let admin = PgPool::connect(ADMIN_URL).await.expect("PostgreSQL on :5432");
+    let admin = PgPool::connect(ADMIN_URL)
+        .await
+        .expect("PostgreSQL on :5432");
     let name = format!("fleet_audit_{}", std::process::id());
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
-        .execute(&admin)
-        .await
-        .unwrap();
+    .execute(&admin)
+    .await
+    .unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&admin)
         .await
@@ -56,7 +58,10 @@ async fn actions_are_recorded_with_who_and_read_back_newest_first() {
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].actor, "bob@ops-2");
     assert_eq!(all[0].known_action(), Some(Action::DlqReplay));
-    assert_eq!(all[0].counts, Some(json!({"replayed": 7, "skipped": 1, "failed": 0})));
+    assert_eq!(
+        all[0].counts,
+        Some(json!({"replayed": 7, "skipped": 1, "failed": 0}))
+    );
     assert_eq!(all[1].target, "embeddings");
     assert_eq!(all[1].detail["reason"], "provider incident");
 

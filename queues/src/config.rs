@@ -118,8 +118,8 @@ impl BrokerConfig {
             })?;
         }
         if let Some(u) = &self.dedup_url {
-            let ok = url::Url::parse(u)
-                .is_ok_and(|p| matches!(p.scheme(), "postgres" | "postgresql"));
+            let ok =
+                url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "postgres" | "postgresql"));
             if !ok {
                 return Err(QueueError::Config(format!(
                     "broker.dedup_url `{}` must be a postgres:// URL",

@@ -875,7 +875,10 @@ pub async fn unique_jobs_once_per_window(h: &dyn Harness) -> anyhow::Result<()> 
     let key = format!("doc-{}", uuid::Uuid::new_v4().simple());
     let unique = |q: &str, key: &str| job(q, 1).with_dedup_key(key).with_unique_for(UNIQUE_FOR);
     let first = unique(&q, &key);
-    ensure!(b.send(&first).await? == Sent::Enqueued, "first send not enqueued");
+    ensure!(
+        b.send(&first).await? == Sent::Enqueued,
+        "first send not enqueued"
+    );
     ensure!(
         b.send(&unique(&q, &key)).await? == Sent::Duplicate,
         "second send inside the window was not a duplicate"

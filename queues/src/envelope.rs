@@ -230,7 +230,10 @@ impl Envelope {
                 }
             }
         }
-        if let Some(v) = obj.get("unique_for").filter(|v| !v.is_null() && !v.is_number()) {
+        if let Some(v) = obj
+            .get("unique_for")
+            .filter(|v| !v.is_null() && !v.is_number())
+        {
             return Err(EnvelopeError::Field {
                 field: "unique_for".into(),
                 reason: format!("must be a positive number of seconds, not {v}"),
@@ -490,7 +493,11 @@ mod tests {
         // The field is written only when set, and read back.
         let body = String::from_utf8(short.to_bytes()).unwrap();
         assert!(body.contains(r#""unique_for":2.5"#), "{body}");
-        assert!(!String::from_utf8(keyed.to_bytes()).unwrap().contains("unique_for"));
+        assert!(
+            !String::from_utf8(keyed.to_bytes())
+                .unwrap()
+                .contains("unique_for")
+        );
         assert_eq!(Envelope::parse(body.as_bytes()).unwrap(), short);
     }
 

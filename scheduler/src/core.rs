@@ -423,7 +423,11 @@ impl Core {
         }
         if self.producer.send(&env).await? == Sent::Duplicate {
             // The broker's own check on the tick's key: its job is already queued.
-            tracing::info!(schedule = s.name(), key, "the broker already holds this tick's job");
+            tracing::info!(
+                schedule = s.name(),
+                key,
+                "the broker already holds this tick's job"
+            );
         }
         self.ledger.mark_enqueued(&key).await?;
         metrics::counter!(METRIC_ENQUEUED, "schedule" => s.name().to_owned()).increment(1);

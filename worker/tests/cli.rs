@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{Count, Flaky, Runs, all_brokers, config, fast_policy, wait_until};
+use jobs::config::UniqueFor;
 use jobs::{Registry, Validators};
 use queues::conformance::unique_queue;
 use queues::dlq::ScanOptions;
-use jobs::config::UniqueFor;
 use queues::{Broker, Envelope, Sent};
 use runtime::config::Priority;
 use serde_json::json;
@@ -127,8 +127,8 @@ async fn enqueue_routes_validates_and_queues_shows_depth() {
                 &UniqueFor::default(),
                 &args,
             )
-                .await
-                .unwrap_err();
+            .await
+            .unwrap_err();
             assert_eq!(err.exit_code(), 2, "{err}");
             assert!(err.to_string().contains(want), "{err}");
         }
@@ -185,8 +185,16 @@ async fn enqueue_with_a_dedup_key_is_accepted_once_per_window() {
             .await
             .unwrap();
         assert_eq!(first.sent, Sent::Enqueued, "{}", tb.name);
-        assert_eq!(first.envelope.unique_for, Some(2.0), "window from [jobs.unique_for]");
-        assert!(first.render(false).contains("unique for 2s"), "{}", first.render(false));
+        assert_eq!(
+            first.envelope.unique_for,
+            Some(2.0),
+            "window from [jobs.unique_for]"
+        );
+        assert!(
+            first.render(false).contains("unique for 2s"),
+            "{}",
+            first.render(false)
+        );
         let again = enqueue::enqueue(&*tb.broker, &cfg, &checks, &windows, &args(&q, &key))
             .await
             .unwrap();
@@ -209,7 +217,12 @@ async fn enqueue_with_a_dedup_key_is_accepted_once_per_window() {
         let mut ids = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
-            for d in tb.broker.receive(&q, 10, Duration::from_millis(500)).await.unwrap() {
+            for d in tb
+                .broker
+                .receive(&q, 10, Duration::from_millis(500))
+                .await
+                .unwrap()
+            {
                 ids.push(d.message().id().to_owned());
                 d.ack().await.unwrap();
             }

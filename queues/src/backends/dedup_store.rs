@@ -112,10 +112,13 @@ impl DedupStore {
     async fn ready(&self) -> Result<&PgPool> {
         self.schema
             .get_or_try_init(|| async {
-                migrations::ensure(&self.pool).await.map(|_| ()).map_err(|e| match e {
-                    migrations::Error::Status(e) => self.err("dedup schema", e),
-                    e => QueueError::backend(self.backend, "dedup schema", e),
-                })
+                migrations::ensure(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| match e {
+                        migrations::Error::Status(e) => self.err("dedup schema", e),
+                        e => QueueError::backend(self.backend, "dedup schema", e),
+                    })
             })
             .await?;
         Ok(&self.pool)

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use queues::{Broker, Envelope, Producer};
-use serde_json::Value;
 use queues::backends::memory::MemoryBroker;
 use queues::conformance::Harness;
+use queues::{Broker, Envelope, Producer};
+use serde_json::Value;
 
 struct Memory(MemoryBroker);
 

@@ -374,8 +374,7 @@ impl Config {
         if b.url.is_none() && b.backend == BackendKind::Postgres {
             b.url = Some(self.database.url.clone());
         }
-        if b.dedup_url.is_none() && matches!(b.backend, BackendKind::Rabbitmq | BackendKind::Sqs)
-        {
+        if b.dedup_url.is_none() && matches!(b.backend, BackendKind::Rabbitmq | BackendKind::Sqs) {
             b.dedup_url = Some(self.database.url.clone());
         }
         b

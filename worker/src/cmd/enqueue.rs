@@ -144,7 +144,9 @@ pub async fn enqueue(
         if k.is_empty() {
             return Err(CliError::Usage("--dedup-key must not be empty".into()));
         }
-        let window = args.unique_for.unwrap_or_else(|| windows.window(&args.kind));
+        let window = args
+            .unique_for
+            .unwrap_or_else(|| windows.window(&args.kind));
         if window.is_zero() || window > Duration::from_secs(10 * 365 * 86_400) {
             return Err(CliError::Usage(format!(
                 "--unique-for {} must be more than 0 and at most 10 years",

@@ -566,13 +566,18 @@ impl Producer for RabbitBroker {
 
     /// Jobs with a dedup key are checked against the store first (see [`DedupStore::send`]).
     async fn send_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Sent>> {
-        DedupStore::send(self.inner.dedup.as_ref(), BACKEND, envelopes, |todo| async move {
-            let out = todo
-                .into_iter()
-                .map(|e| self.outgoing(e))
-                .collect::<Result<Vec<_>>>()?;
-            self.inner.publish_all(&out).await
-        })
+        DedupStore::send(
+            self.inner.dedup.as_ref(),
+            BACKEND,
+            envelopes,
+            |todo| async move {
+                let out = todo
+                    .into_iter()
+                    .map(|e| self.outgoing(e))
+                    .collect::<Result<Vec<_>>>()?;
+                self.inner.publish_all(&out).await
+            },
+        )
         .await
     }
 }
