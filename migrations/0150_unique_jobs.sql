@@ -87,19 +87,22 @@ END
 $$;
 
 -- When a worker receives a job with a key (brokers with no native check): true to run it. The
--- key's own job runs (a redelivery, or its producer's write not yet recorded); another job is a
--- duplicate while it holds the key with its write recorded; a free, expired or unconfirmed key
--- is taken for this job, written.
+-- key's own job runs (a redelivery, or its producer's write not yet recorded). Another job is a
+-- duplicate of the holder when the holder's write is recorded and the two were enqueued less
+-- than the holder's window apart (`p_enqueued_at`, the envelope's `enqueued_at`, against the
+-- holder's `taken_at`): so two native writes of one key inside the window run once, while a job
+-- accepted in an earlier window and received late still runs. A job that runs takes the key
+-- when there is none, when it is the newer one, or when the holder's write never landed.
 CREATE OR REPLACE FUNCTION jobfleet.dedup_admit(
-    p_ns text, p_queue text, p_key text, p_job text, p_window_ms bigint)
+    p_ns text, p_queue text, p_key text, p_job text, p_window_ms bigint, p_enqueued_at timestamptz)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    t     timestamptz := clock_timestamp();
-    until timestamptz := t + LEAST(GREATEST(p_window_ms, 1), 315360000000) * interval '1 millisecond';
+    e     timestamptz := LEAST(COALESCE(p_enqueued_at, clock_timestamp()), clock_timestamp());
+    until timestamptz := e + LEAST(GREATEST(p_window_ms, 1), 315360000000) * interval '1 millisecond';
     got   record;
 BEGIN
-    got := jobfleet.dedup_lock(p_ns, p_queue, p_key, p_job, t, until, true);
+    got := jobfleet.dedup_lock(p_ns, p_queue, p_key, p_job, e, until, true);
     IF got.inserted THEN
         RETURN true;
     END IF;
@@ -110,13 +113,18 @@ BEGIN
         END IF;
         RETURN true;
     END IF;
-    IF (got.cur).expires_at <= t OR NOT (got.cur).written THEN
-        UPDATE jobfleet.dedup_keys
-        SET job_id = p_job, taken_at = t, expires_at = until, written = true
-        WHERE ns = p_ns AND queue = p_queue AND key = p_key;
-        RETURN true;
+    IF (got.cur).written
+       AND abs(extract(epoch FROM e - (got.cur).taken_at))
+           < extract(epoch FROM (got.cur).expires_at - (got.cur).taken_at)
+    THEN
+        RETURN false;
     END IF;
-    RETURN false;
+    IF NOT (got.cur).written OR e > (got.cur).taken_at THEN
+        UPDATE jobfleet.dedup_keys
+        SET job_id = p_job, taken_at = e, expires_at = until, written = true
+        WHERE ns = p_ns AND queue = p_queue AND key = p_key;
+    END IF;
+    RETURN true;
 END
 $$;
 

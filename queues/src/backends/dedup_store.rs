@@ -46,6 +46,7 @@ struct Keys {
     key: Vec<String>,
     job: Vec<String>,
     window_ms: Vec<i64>,
+    enqueued_at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Keys {
@@ -57,6 +58,7 @@ impl Keys {
             self.job.push(env.id.clone());
             self.window_ms
                 .push(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+            self.enqueued_at.push(env.enqueued_at);
         }
     }
 }
@@ -133,6 +135,7 @@ impl DedupStore {
             .bind(&keys.key)
             .bind(&keys.job)
             .bind(&keys.window_ms)
+            .bind(&keys.enqueued_at)
             .fetch_all(pool)
             .await
             .map_err(|e| self.err(op, e))
@@ -268,18 +271,20 @@ impl Keys {
             k.key.push(self.key[j].clone());
             k.job.push(self.job[j].clone());
             k.window_ms.push(self.window_ms[j]);
+            k.enqueued_at.push(self.enqueued_at[j]);
         }
         k
     }
 }
 
+// Both take the same arrays ($6, the envelopes' `enqueued_at`, only matters on receive).
 const TAKE_SQL: &str = "SELECT jobfleet.dedup_take($1, t.q, t.k, t.j, t.ms, false) \
-     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[]) WITH ORDINALITY AS t(q, k, j, ms, n) \
-     ORDER BY t.n";
+     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[]) \
+     WITH ORDINALITY AS t(q, k, j, ms, e, n) ORDER BY t.n";
 
-const ADMIT_SQL: &str = "SELECT jobfleet.dedup_admit($1, t.q, t.k, t.j, t.ms) \
-     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[]) WITH ORDINALITY AS t(q, k, j, ms, n) \
-     ORDER BY t.n";
+const ADMIT_SQL: &str = "SELECT jobfleet.dedup_admit($1, t.q, t.k, t.j, t.ms, t.e) \
+     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[]) \
+     WITH ORDINALITY AS t(q, k, j, ms, e, n) ORDER BY t.n";
 
 const WRITTEN_SQL: &str = "UPDATE jobfleet.dedup_keys d SET written = true \
      FROM UNNEST($2::text[], $3::text[], $4::text[]) AS t(q, k, j) \
