@@ -111,9 +111,13 @@ pub fn ctx() -> jobs::JobContext {
 /// works). Where that happens the vector tests cannot say anything about our code, so they are
 /// skipped with this message on stderr, never passed silently.
 pub async fn pgvector_runs_here(pool: &PgPool) -> bool {
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS vector")
+        .execute(pool)
+        .await
+        .expect("the vector extension on the pgvector server");
     let probe = sqlx::query_scalar::<_, f64>(
-        "SELECT (SELECT array_agg(0.5 + i * 0.001)::real[] FROM generate_series(1, 384) i)::text::vector(384) \
-         <=> (SELECT array_agg(1.0 - i * 0.001)::real[] FROM generate_series(1, 384) i)::text::vector(384)",
+        "SELECT (SELECT array_agg(0.5 + i * 0.001)::real[] FROM generate_series(1, 384) i)::vector(384) \
+         <=> (SELECT array_agg(1.0 - i * 0.001)::real[] FROM generate_series(1, 384) i)::vector(384)",
     )
     .fetch_one(pool)
     .await;
