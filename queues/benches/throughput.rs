@@ -5,10 +5,11 @@
 //!     --backend redis --url redis://127.0.0.1:6379 --messages 50000 --consumers 8 --batch 100
 //! ```
 //!
-//! Three phases on a fresh, randomly named queue:
-//! 1. send: N no-op envelopes with `send_batch` (`--send-batch` per call);
-//! 2. drain: C consumer tasks `receive(batch)` and ack what they got (acks of one batch run
-//!    concurrently, as a worker's job slots would);
+//! Three phases on `--queues Q` fresh, randomly named queues (default 1):
+//! 1. send: N no-op envelopes with `send_batch` (`--send-batch` per call), spread round-robin
+//!    over the queues, so one batch holds jobs of every queue;
+//! 2. drain: C consumer tasks per queue `receive(batch)` and ack what they got (acks of one
+//!    batch run concurrently, as a worker's job slots would), all queues at once;
 //! 3. latency probe: with the consumers idle in a long poll, one producer sends `--probe`
 //!    messages one at a time and the consumers record send → receive time.
 //!
@@ -16,6 +17,9 @@
 //! so it measures drain order, not the broker; phase 3 is the broker's own delivery latency.
 //! `api calls/msg` is printed when the backend counts its API calls (SQS bills per call);
 //! [`Broker::api_calls`] supplies the counter.
+//!
+//! Redis only: `--wait-replicas R` makes every send wait for R replicas (`WAIT`, see
+//! `RedisBroker::with_replica_wait`), to measure what that costs a producer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,10 +37,13 @@ struct Args {
     batch: usize,
     send_batch: usize,
     probe: usize,
+    queues: usize,
+    wait_replicas: Option<u32>,
 }
 
 const USAGE: &str = "usage: throughput [--backend memory|redis|rabbitmq|postgres|sqs] [--url URL] \
-[--messages N] [--consumers C] [--batch B] [--send-batch S] [--probe P]";
+[--messages N] [--consumers C] [--batch B] [--send-batch S] [--probe P] [--queues Q] \
+[--wait-replicas R]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -47,6 +54,8 @@ fn parse_args() -> Result<Args, String> {
         batch: 100,
         send_batch: 1_000,
         probe: 1_000,
+        queues: 1,
+        wait_replicas: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +80,11 @@ fn parse_args() -> Result<Args, String> {
             "--batch" => a.batch = num(value()?)?.max(1),
             "--send-batch" => a.send_batch = num(value()?)?.max(1),
             "--probe" => a.probe = num(value()?)?,
+            "--queues" => a.queues = num(value()?)?.max(1),
+            "--wait-replicas" => {
+                let v = value()?;
+                a.wait_replicas = Some(v.parse().map_err(|e| format!("{flag} {v}: {e}"))?);
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -122,37 +136,66 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_else(|| a.backend.default_url().into()),
     );
     cfg.namespace = "jfbench".into();
-    let broker = queues::connect(&cfg).await?;
+    let broker: Arc<dyn Broker> = match a.wait_replicas {
+        None => queues::connect(&cfg).await?,
+        Some(r) if a.backend == BackendKind::Redis => Arc::new(
+            queues::backends::redis::RedisBroker::connect(&cfg)
+                .await?
+                .with_replica_wait(r, Duration::from_secs(1)),
+        ),
+        Some(_) => return Err("--wait-replicas is for the redis backend".into()),
+    };
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let queue = format!("bench-{}", &id[..12]);
-    broker.declare(&QueueSpec::new(&queue)).await?;
+    let names: Vec<String> = (0..a.queues)
+        .map(|i| format!("bench-{}-{i}", &id[..12]))
+        .collect();
+    for q in &names {
+        broker.declare(&QueueSpec::new(q)).await?;
+    }
+    let queue = names[0].clone();
     println!(
-        "backend={} url={} queue={queue} messages={} consumers={} batch={} send-batch={}",
+        "backend={} url={} queue={queue} queues={} messages={} consumers={} batch={} send-batch={} wait-replicas={}",
         broker.backend(),
         broker.url(),
+        a.queues,
         a.messages,
         a.consumers,
         a.batch,
-        a.send_batch
+        a.send_batch,
+        a.wait_replicas.unwrap_or(0)
     );
     let calls_before = api_calls(&*broker);
 
     // Phase 1: send.
     let t0 = Instant::now();
-    let mut left = a.messages;
-    while left > 0 {
-        let n = left.min(a.send_batch);
-        let envs: Vec<Envelope> = (0..n)
-            .map(|i| Envelope::new("noop", &queue, serde_json::json!({ "i": i })))
+    let mut sent = 0;
+    while sent < a.messages {
+        let n = (a.messages - sent).min(a.send_batch);
+        let envs: Vec<Envelope> = (sent..sent + n)
+            .map(|i| Envelope::new("noop", &names[i % a.queues], serde_json::json!({ "i": i })))
             .collect();
         broker.send_batch(&envs).await?;
-        left -= n;
+        sent += n;
     }
     let send = t0.elapsed();
 
-    // Phase 2: drain with C consumers.
+    // Phase 2: drain with C consumers per queue, every queue at once.
     let t1 = Instant::now();
-    let (lat, finished) = drain(&broker, &queue, a.messages, a.consumers, a.batch, None).await?;
+    let per_queue = |i: usize| a.messages / a.queues + usize::from(i < a.messages % a.queues);
+    let drained = futures::future::try_join_all(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, q)| drain(&broker, q, per_queue(i), a.consumers, a.batch, None)),
+    )
+    .await?;
+    let finished = drained
+        .iter()
+        .map(|(_, f)| *f)
+        .max()
+        .unwrap_or_else(Instant::now);
+    let mut lat: Vec<Duration> = drained.into_iter().flat_map(|(l, _)| l).collect();
+    lat.sort();
     // Up to the last ack, not the end of the consumers' last (empty) long poll.
     let drain_time = finished - t1;
     let total = finished - t0;
@@ -229,9 +272,11 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         ),
         _ => println!("api calls/msg:     n/a (the backend does not count API calls)"),
     }
-    let depth = broker.depth(&queue).await?;
-    if depth.backlog() + depth.delayed > 0 {
-        println!("warning: queue not empty at the end: {depth:?}");
+    for q in &names {
+        let depth = broker.depth(q).await?;
+        if depth.backlog() + depth.delayed > 0 {
+            println!("warning: queue {q} not empty at the end: {depth:?}");
+        }
     }
     Ok(())
 }

@@ -54,7 +54,9 @@ pub struct BrokerConfig {
     /// Which backend.
     pub backend: BackendKind,
     /// `redis://…`, `amqp://…`, `postgres://…`; for SQS the endpoint URL (moto, LocalStack),
-    /// left out to use AWS's own endpoint for the region.
+    /// left out to use AWS's own endpoint for the region. A Redis Cluster is
+    /// `redis+cluster://[user:password@]host:port[,host:port…]`: the seed nodes, any of which
+    /// can answer for the rest.
     #[serde(default)]
     pub url: Option<String>,
     /// AWS region (SQS only); the SDK's default chain when left out.
@@ -110,6 +112,10 @@ impl BrokerConfig {
             )));
         }
         if let Some(u) = &self.url {
+            if let Some(seeds) = redis_cluster_seeds(u) {
+                seeds?;
+                return Ok(());
+            }
             url::Url::parse(u).map_err(|e| {
                 QueueError::Config(format!(
                     "broker.url `{}` is not a URL: {e}",
@@ -131,6 +137,47 @@ impl BrokerConfig {
     }
 }
 
+/// The scheme of a Redis Cluster URL.
+pub const REDIS_CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// The seed nodes of a `redis+cluster://[user:password@]host:port[,host:port…]` URL, each as a
+/// plain `redis://[user:password@]host:port` URL (the port defaults to 6379); `None` for any
+/// other URL. A list is not one URL (`url::Url` cannot hold several hosts), hence this parser.
+pub fn redis_cluster_seeds(url: &str) -> Option<Result<Vec<String>>> {
+    let rest = url.strip_prefix(REDIS_CLUSTER_SCHEME)?;
+    let bad = |why: &str| {
+        QueueError::Config(format!(
+            "broker.url `{}` is not a Redis Cluster URL ({why}); expected \
+             redis+cluster://[user:password@]host:port[,host:port...]",
+            crate::error::redact_url(url)
+        ))
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (auth, hosts) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    if hosts.contains(['/', '?', '#']) {
+        return Some(Err(bad("no path or query: the cluster has no databases")));
+    }
+    let mut seeds = Vec::new();
+    for host in hosts.split(',').map(str::trim) {
+        if host.is_empty() {
+            return Some(Err(bad("empty seed node")));
+        }
+        let seed = if host.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
+            format!("redis://{auth}{host}")
+        } else {
+            format!("redis://{auth}{host}:6379")
+        };
+        match url::Url::parse(&seed) {
+            Ok(u) if u.host().is_some() && u.port().is_some() => seeds.push(seed),
+            _ => return Some(Err(bad(&format!("seed node `{host}` is not host:port")))),
+        }
+    }
+    Some(Ok(seeds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +196,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kafka"), "{err}");
+    }
+
+    #[test]
+    fn cluster_urls_list_seed_nodes() {
+        let seeds = redis_cluster_seeds("redis+cluster://:pw@10.0.0.1:7000, h2:7001,h3/")
+            .expect("a cluster URL")
+            .expect("valid");
+        assert_eq!(
+            seeds,
+            [
+                "redis://:pw@10.0.0.1:7000",
+                "redis://:pw@h2:7001",
+                "redis://:pw@h3:6379"
+            ]
+        );
+        assert!(redis_cluster_seeds("redis://h:1").is_none());
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://h:1,,h:2",
+            "redis+cluster://h:notaport",
+            "redis+cluster://h:1/0",
+        ] {
+            let err = redis_cluster_seeds(bad).expect("cluster").unwrap_err();
+            assert!(err.to_string().contains("host:port"), "{bad}: {err}");
+            let cfg = BrokerConfig::new(BackendKind::Redis, bad);
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        let err = redis_cluster_seeds("redis+cluster://:s3cret@h:x")
+            .unwrap()
+            .unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! until enough jobs have finished. A queue paused for the fleet ([`fleet::Control`]) is not
 //! received from; what a receive under way when the pause is seen brings is handed back unrun.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet::Control;
-use queues::{Broker, Depth};
+use queues::{Broker, Depth, QueueError, QueueSpec};
 use tokio::sync::{Notify, watch};
 
 use crate::flag::until_set;
@@ -51,6 +51,11 @@ pub struct Pool {
     running: AtomicUsize,
     ledger: Ledger,
     receiving: AtomicBool,
+    /// The error of the last receive when it failed, until one succeeds: this queue's broker
+    /// (or its cluster shard) is out of reach while the others may be fine.
+    receive_error: Mutex<Option<String>>,
+    /// Whether the queue is declared on the broker; receives wait for it.
+    declared: AtomicBool,
     shared: Arc<Shared>,
 }
 
@@ -66,6 +71,8 @@ impl Pool {
             running: AtomicUsize::new(0),
             ledger: Ledger::default(),
             receiving: AtomicBool::new(false),
+            receive_error: Mutex::new(None),
+            declared: AtomicBool::new(false),
             shared,
         }
     }
@@ -108,6 +115,38 @@ impl Pool {
     /// Whether the receive loop is up (for `/readyz`).
     pub fn is_receiving(&self) -> bool {
         self.receiving.load(Ordering::SeqCst)
+    }
+
+    /// Declares the queue (its visibility timeout) unless that was done. A broker that is out
+    /// of reach for this queue (a Redis Cluster shard without a master) leaves it undeclared,
+    /// the error shown in `/readyz`; the receive loop tries again before its first receive.
+    pub async fn ensure_declared(&self, broker: &dyn Broker) -> Result<(), QueueError> {
+        if self.declared.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let spec = QueueSpec::new(self.queue.clone()).with_visibility(self.cfg.visibility_timeout);
+        match broker.declare(&spec).await {
+            Ok(()) => {
+                self.declared.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                self.set_receive_error(Some(format!("cannot declare it: {e}")));
+                Err(e)
+            }
+        }
+    }
+
+    /// Why receiving fails, while it does (for `/readyz`).
+    pub fn receive_error(&self) -> Option<String> {
+        self.receive_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_receive_error(&self, e: Option<String>) {
+        *self.receive_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
     /// The pool's figures.
@@ -201,10 +240,22 @@ impl Pool {
                 }
                 continue;
             }
+            if let Err(e) = self.ensure_declared(&*broker).await {
+                tracing::warn!(queue = %self.queue, error = %e, "declare failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => {}
+                    _ = until_set(&mut stop) => break,
+                }
+                continue;
+            }
             let batch = match broker.receive(&self.queue, free, receive_wait).await {
-                Ok(b) => b,
+                Ok(b) => {
+                    self.set_receive_error(None);
+                    b
+                }
                 Err(e) => {
                     tracing::warn!(queue = %self.queue, error = %e, "receive failed; retrying");
+                    self.set_receive_error(Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => {}
                         _ = until_set(&mut stop) => break,

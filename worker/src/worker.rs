@@ -14,7 +14,7 @@ use fleet::registry::{PoolReport, Registration, Report};
 use fleet::snapshot::Refresher;
 use fleet::{Control, Store};
 use jobs::Registry;
-use queues::{Broker, QueueError, QueueSpec};
+use queues::{Broker, QueueError};
 use tokio::sync::watch;
 
 use runtime::admin::{self, ReadyCheck};
@@ -64,6 +64,15 @@ impl PoolsView {
     /// Whether every pool's receive loop is up.
     pub fn all_receiving(&self) -> bool {
         self.pools.iter().all(|p| p.is_receiving())
+    }
+
+    /// The queues whose last receive failed, with the error: on a Redis Cluster one shard can
+    /// be down while the pools of queues on the others carry on.
+    pub fn failing(&self) -> Vec<(String, String)> {
+        self.pools
+            .iter()
+            .filter_map(|p| p.receive_error().map(|e| (p.queue.clone(), e)))
+            .collect()
     }
 }
 
@@ -158,7 +167,8 @@ impl Worker {
     }
 
     /// `/readyz`: every service answered its last probe, the fleet's control state its last
-    /// refresh, and every pool is receiving.
+    /// refresh, and every pool is receiving; a 503 names each queue whose receives fail (the
+    /// others keep being served meanwhile).
     pub fn ready_check(&self) -> ReadyCheck {
         let health = self.health.clone();
         let view = self.view();
@@ -175,6 +185,14 @@ impl Worker {
                 }
                 if !view.all_receiving() {
                     return Err("pools are not running (starting up or draining)".into());
+                }
+                let failing = view.failing();
+                if !failing.is_empty() {
+                    let list: Vec<String> = failing
+                        .iter()
+                        .map(|(q, e)| format!("queue `{q}` cannot receive: {e}"))
+                        .collect();
+                    return Err(list.join("; "));
                 }
                 Ok(())
             })
@@ -203,17 +221,24 @@ impl Worker {
     }
 
     /// Declares the queues, runs until `shutdown` is triggered, then drains: no new receives,
-    /// in-flight jobs get `worker.shutdown_grace` to finish, the rest are handed back.
+    /// in-flight jobs get `worker.shutdown_grace` to finish, the rest are handed back. A queue
+    /// the broker refuses to declare stops the start; one it cannot reach right now (a Redis
+    /// Cluster shard that is down) is declared by its pool once it can, and the other queues
+    /// are served meanwhile.
     pub async fn run(self, shutdown: Shutdown) -> Result<DrainReport, WorkerError> {
         for p in self.pools.iter() {
-            let spec = QueueSpec::new(p.queue.clone()).with_visibility(p.cfg.visibility_timeout);
-            self.broker
-                .declare(&spec)
-                .await
-                .map_err(|source| WorkerError::Declare {
-                    queue: p.queue.clone(),
-                    source,
-                })?;
+            match p.ensure_declared(&*self.broker).await {
+                Ok(()) => {}
+                Err(e) if e.is_unreachable() => {
+                    tracing::warn!(queue = %p.queue, error = %e, "cannot declare the queue yet; its pool retries, the others start");
+                }
+                Err(source) => {
+                    return Err(WorkerError::Declare {
+                        queue: p.queue.clone(),
+                        source,
+                    });
+                }
+            }
         }
         let w = &self.cfg.worker;
         let (abort_tx, abort_rx) = watch::channel(false);

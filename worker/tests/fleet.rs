@@ -354,10 +354,10 @@ async fn pause_holds_three_workers_and_resume_runs_every_job_once_on_redis() {
     pause_and_resume_on(BackendKind::Redis).await;
 }
 
-// No third broker yet: on RabbitMQ a pause longer than the backend's consumer idle time (3 s)
-// retires the consumer, and that path (queues/src/backends/rabbitmq/consume.rs, `retire`) ran
-// about 15% of the prefetched jobs twice after the resume; on SQS (moto on a loaded machine) acks
-// lost their 5 s lease. See the report of issue 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_three_workers_and_resume_runs_every_job_once_on_rabbitmq() {
+    pause_and_resume_on(BackendKind::Rabbitmq).await;
+}
 
 async fn dlq_reasons(tb: &TestBroker, q: &str) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = tb

@@ -6,5 +6,6 @@ mod memory;
 mod postgres;
 mod rabbitmq;
 mod redis;
+mod redis_cluster;
 mod sqs;
 mod support;

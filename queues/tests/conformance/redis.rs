@@ -10,14 +10,11 @@ use queues::conformance::Harness;
 use queues::{BackendKind, Broker, BrokerConfig, QueueError};
 use serde_json::Value;
 
-use crate::support::{env_or, run};
+use crate::support::{REDIS_UNIQUE_PUSH, env_or, run, unique_push_args};
 
 struct Redis {
     cfg: BrokerConfig,
 }
-
-/// docs/backends/redis.md, "Unique jobs": KEYS dedup ready, ARGV body job-id window-ms.
-const REDIS_UNIQUE_PUSH: &str = "if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return redis.call('LPUSH', KEYS[2], ARGV[1]) end return 0";
 
 impl Redis {
     fn new() -> Self {
@@ -41,12 +38,8 @@ impl Harness for Redis {
     /// with `SET NX PX` and pushes only when it got it.
     async fn native_send_unique(&self, queue: &str, body: &Value) -> anyhow::Result<()> {
         let url = self.cfg.url_or_default();
-        let ns = &self.cfg.namespace;
-        let key = body["dedup_key"].as_str().unwrap_or_default();
-        let dedup = format!("{ns}:{queue}:dedup:{key}");
-        let ready = format!("{ns}:{queue}:ready");
-        let id = body["id"].as_str().unwrap_or_default();
-        let ms = (body["unique_for"].as_f64().unwrap_or(3600.0) * 1000.0).ceil() as u64;
+        let [dedup, ready, body, id, ms] =
+            unique_push_args(&format!("{}:{queue}", self.cfg.namespace), body);
         run(
             "redis-cli",
             &[
@@ -57,9 +50,9 @@ impl Harness for Redis {
                 "2",
                 &dedup,
                 &ready,
-                &body.to_string(),
-                id,
-                &ms.to_string(),
+                &body,
+                &id,
+                &ms,
             ],
             None,
         )

@@ -56,3 +56,21 @@ pub fn python() -> String {
         "python3".into()
     }
 }
+
+/// docs/backends/redis.md, "Unique jobs": KEYS dedup ready, ARGV body job-id window-ms.
+pub const REDIS_UNIQUE_PUSH: &str = "if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return redis.call('LPUSH', KEYS[2], ARGV[1]) end return 0";
+
+/// The keys and arguments of [`REDIS_UNIQUE_PUSH`] for a job `body` on the queue whose keys
+/// start with `prefix` (`ns:queue`, or `ns:{queue}` on a cluster).
+pub fn unique_push_args(prefix: &str, body: &serde_json::Value) -> [String; 5] {
+    let key = body["dedup_key"].as_str().unwrap_or_default();
+    let id = body["id"].as_str().unwrap_or_default();
+    let ms = (body["unique_for"].as_f64().unwrap_or(3600.0) * 1000.0).ceil() as u64;
+    [
+        format!("{prefix}:dedup:{key}"),
+        format!("{prefix}:ready"),
+        body.to_string(),
+        id.to_owned(),
+        ms.to_string(),
+    ]
+}

@@ -34,10 +34,9 @@ impl RedisDelivery {
     async fn settle(&self, op: &'static str, call: scripts::Call) -> Result<()> {
         let inner = &self.broker.inner;
         let reply: Value = call
-            .invocation()
-            .invoke_async(&mut inner.conn())
+            .run(&mut inner.conn())
             .await
-            .map_err(|e| inner.err(op, e))?;
+            .map_err(|e| inner.err_on(&self.keys, op, e))?;
         match reply {
             Value::Int(0) | Value::Nil => Err(self.lost()),
             _ => Ok(()),

@@ -49,7 +49,7 @@ impl RedisBroker {
             .arg(count)
             .query_async(&mut self.inner.conn())
             .await
-            .map_err(|e| self.inner.err("dlq list", e))?;
+            .map_err(|e| self.inner.err_on(keys, "dlq list", e))?;
         Ok(reply
             .ids
             .iter()
@@ -91,7 +91,7 @@ impl DeadLetters for RedisBroker {
             .arg(id)
             .query_async(&mut self.inner.conn())
             .await
-            .map_err(|e| self.inner.err("dlq get", e))?;
+            .map_err(|e| self.inner.err_on(&keys, "dlq get", e))?;
         let Some(sid) = sid.filter(|s| is_stream_id(s)) else {
             return Ok(None);
         };
@@ -112,7 +112,7 @@ impl DeadLetters for RedisBroker {
             .arg(1)
             .query_async(&mut self.inner.conn())
             .await
-            .map_err(|e| self.inner.err("dlq scan", e))?;
+            .map_err(|e| self.inner.err_on(&keys, "dlq scan", e))?;
         Ok(Box::new(RedisScan {
             broker: self.clone(),
             queue: queue.to_owned(),
@@ -157,10 +157,9 @@ impl DlqScan for RedisScan {
     async fn remove(&mut self, entry: &DlqEntry) -> Result<()> {
         let inner = &self.broker.inner;
         let _: Value = scripts::dlq_remove(&self.keys, &entry.handle, &entry.id)
-            .invocation()
-            .invoke_async(&mut inner.conn())
+            .run(&mut inner.conn())
             .await
-            .map_err(|e| inner.err("dlq remove", e))?;
+            .map_err(|e| inner.err_on(&self.keys, "dlq remove", e))?;
         Ok(())
     }
 

@@ -23,10 +23,12 @@
 //!
 //! The scripts are `lua/*.lua`, each called only through its function in `scripts.rs`.
 
+mod conn;
 mod delivery;
 mod dlq;
 mod keys;
 mod scripts;
+mod slots;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,8 +36,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 use tokio::time::Instant;
 
 use crate::backends::util;
@@ -47,15 +48,13 @@ use crate::config::BrokerConfig;
 use crate::envelope::Envelope;
 use crate::error::{Msg, QueueError, Result};
 
+use conn::{CONNECT_TIMEOUT, Conn, RESPONSE_TIMEOUT, Target};
 use delivery::RedisDelivery;
-use keys::Keys;
+use keys::{Keys, Layout};
+use slots::SlotMap;
 
 const BACKEND: &str = "redis";
 
-/// How long connecting may take before the broker counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Scripts touch at most a few hundred keys; anything slower than this is a sick server.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocking waits are re-armed at least this often, so a lost wake-up costs at most this much.
 const MAX_BLOCK: Duration = Duration::from_secs(30);
 
@@ -66,43 +65,69 @@ pub struct RedisBroker {
 }
 
 struct Inner {
-    client: Client,
-    conn: ConnectionManager,
+    target: Target,
+    conn: Conn,
     /// Connections for blocking waits: a `BLMOVE` holds its connection for its whole duration,
     /// so it must never share the multiplexed one the other operations use.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<Conn>>,
+    /// On a cluster: the slot map as last seen, to name the node in errors.
+    slots: Option<Arc<SlotMap>>,
     url: String,
     namespace: String,
+    /// Replicas every send waits for (`WAIT`), and for how long at most; none by default.
+    replica_wait: Option<(u32, Duration)>,
 }
 
 impl Inner {
     fn keys(&self, queue: &str) -> Keys {
-        Keys::new(&self.namespace, queue)
+        Keys::new(self.target.layout(), &self.namespace, queue)
     }
 
+    /// An error of an operation that concerns no queue in particular.
     fn err(&self, op: &'static str, e: RedisError) -> QueueError {
         map_err(&self.url, op, e)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    /// An error of an operation on the queue of `keys`. On a cluster a transient one names
+    /// the slot and the master that served it when last seen, and has the slot map re-read.
+    fn err_on(&self, keys: &Keys, op: &'static str, e: RedisError) -> QueueError {
+        let (Some(slots), Some(cluster)) = (&self.slots, self.conn.cluster()) else {
+            return self.err(op, e);
+        };
+        if !is_connection_trouble(&e) {
+            return self.err(op, e);
+        }
+        let slot = keys.slot();
+        let node = slots
+            .master_of(slot)
+            .unwrap_or_else(|| "an unknown node".into());
+        slots.refresh_soon(cluster);
+        QueueError::unavailable(
+            BACKEND,
+            &self.url,
+            Msg(format!(
+                "{op} on queue `{}` (hash slot {slot}, served by {node} when last seen): {e}",
+                keys.queue
+            )),
+        )
+    }
+
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
-    async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
+    async fn blocking_conn(&self) -> Result<Conn> {
         let pooled = util::lock(&self.blocking).pop();
         if let Some(c) = pooled {
             return Ok(c);
         }
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(None);
-        self.client
-            .get_multiplexed_async_connection_with_config(&cfg)
+        self.target
+            .blocking()
             .await
             .map_err(|e| self.err("connect", e))
     }
 
-    fn give_back(&self, c: MultiplexedConnection) {
+    fn give_back(&self, c: Conn) {
         let mut pool = util::lock(&self.blocking);
         if pool.len() < 64 {
             pool.push(c);
@@ -110,13 +135,30 @@ impl Inner {
     }
 }
 
-fn map_err(url: &str, op: &'static str, e: RedisError) -> QueueError {
-    let connection_lost = e.is_io_error()
+/// Whether `e` is the server (or the path to it) being away rather than an answer: besides
+/// the connection itself, the cluster's own "not now" answers during a failover (`CLUSTERDOWN`,
+/// `TRYAGAIN`, `MASTERDOWN`, a `READONLY` from a demoted master, a redirection the client gave
+/// up following) and a node still `LOADING` its data after a restart.
+fn is_connection_trouble(e: &RedisError) -> bool {
+    e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
-        || e.is_unrecoverable_error();
-    util::client_error(BACKEND, url, op, connection_lost, e)
+        || e.is_unrecoverable_error()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::BusyLoading
+                )
+        )
+}
+
+fn map_err(url: &str, op: &'static str, e: RedisError) -> QueueError {
+    util::client_error(BACKEND, url, op, is_connection_trouble(&e), e)
 }
 
 fn bad_reply(op: &'static str, what: &str) -> QueueError {
@@ -146,39 +188,70 @@ fn as_int(v: &Value) -> Option<i64> {
 }
 
 impl RedisBroker {
-    /// Connects to `cfg.url` (default `redis://127.0.0.1:6379`). Fails with
-    /// [`QueueError::Unavailable`] within a few seconds when nothing answers; once connected,
-    /// the connection manager reconnects by itself after a Redis restart.
+    /// Connects to `cfg.url` (default `redis://127.0.0.1:6379`; `redis+cluster://h:p,h:p…`
+    /// for a cluster). Fails with [`QueueError::Unavailable`] within a few seconds when
+    /// nothing answers; once connected, it reconnects by itself after a Redis restart and, on
+    /// a cluster, follows failovers and slot moves.
     pub async fn connect(cfg: &BrokerConfig) -> Result<RedisBroker> {
         cfg.validate()?;
         let url = cfg.url_or_default().to_owned();
-        let client = Client::open(url.as_str()).map_err(|e| {
-            QueueError::Config(format!(
-                "broker.url `{}` is not a Redis URL: {e}",
-                crate::error::redact_url(&url)
-            ))
-        })?;
-        let mcfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = tokio::time::timeout(
-            CONNECT_TIMEOUT * 3,
-            client.get_connection_manager_with_config(mcfg),
-        )
-        .await
-        .map_err(|_| QueueError::unavailable(BACKEND, &url, Msg("connect timed out".into())))?
-        .map_err(|e| QueueError::unavailable(BACKEND, &url, e))?;
+        let target = Target::open(&url)?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT * 3, target.connect())
+            .await
+            .map_err(|_| QueueError::unavailable(BACKEND, &url, Msg("connect timed out".into())))?
+            .map_err(|e| QueueError::unavailable(BACKEND, &url, e))?;
+        let slots = match conn.cluster() {
+            Some(c) => {
+                let map = Arc::new(SlotMap::default());
+                map.refresh(&mut c.clone()).await;
+                Some(map)
+            }
+            None => None,
+        };
         Ok(RedisBroker {
             inner: Arc::new(Inner {
-                client,
+                target,
                 conn,
                 blocking: Mutex::new(Vec::new()),
+                slots,
                 url,
                 namespace: cfg.namespace.clone(),
+                replica_wait: None,
             }),
         })
+    }
+
+    /// The same broker, but every `send`/`send_batch` ends with `WAIT replicas timeout` on the
+    /// connection that wrote, and fails with a transient error when fewer replicas confirm in
+    /// time. Redis replicates asynchronously: without this, a job acknowledged by a master that
+    /// dies before passing it on is gone. With it, it survives the failover of that master
+    /// (unless the replica dies too). It costs a replication round trip per send call
+    /// (`docs/backends/redis.md` has the figure); a send that fails may still have enqueued the
+    /// jobs on the master, so a retry can enqueue them twice (delivery is at least once anyway).
+    pub fn with_replica_wait(&self, replicas: u32, timeout: Duration) -> RedisBroker {
+        let inner = &self.inner;
+        RedisBroker {
+            inner: Arc::new(Inner {
+                target: inner.target.clone(),
+                conn: inner.conn.clone(),
+                blocking: Mutex::new(Vec::new()),
+                slots: inner.slots.clone(),
+                url: inner.url.clone(),
+                namespace: inner.namespace.clone(),
+                replica_wait: Some((replicas, timeout)),
+            }),
+        }
+    }
+
+    /// Whether this broker talks to a Redis Cluster (keys `ns:{queue}:…`).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.target.layout() == Layout::Cluster
+    }
+
+    /// The key of `queue`'s ready list, where a native producer `LPUSH`es a job:
+    /// `ns:queue:ready` on a single node, `ns:{queue}:ready` on a cluster.
+    pub fn ready_key(&self, queue: &str) -> String {
+        self.inner.keys(queue).ready
     }
 
     /// Runs one receive script and turns its reply into deliveries (parking future `run_at`s).
@@ -190,10 +263,9 @@ impl RedisBroker {
     ) -> Result<(Deliveries, Option<Duration>)> {
         let inner = &self.inner;
         let reply: Vec<Value> = scripts::receive(keys, max)
-            .invocation()
-            .invoke_async(&mut inner.conn())
+            .run(&mut inner.conn())
             .await
-            .map_err(|e| inner.err("receive", e))?;
+            .map_err(|e| inner.err_on(keys, "receive", e))?;
         let Some((wake, rest)) = reply.split_first() else {
             return Err(bad_reply("receive", "empty"));
         };
@@ -234,10 +306,9 @@ impl RedisBroker {
 
     async fn defer(&self, keys: &Keys, id: &str, count: i64, at: DateTime<Utc>) -> Result<()> {
         let _: i64 = scripts::defer(keys, id, count, at.timestamp_millis())
-            .invocation()
-            .invoke_async(&mut self.inner.conn())
+            .run(&mut self.inner.conn())
             .await
-            .map_err(|e| self.inner.err("defer", e))?;
+            .map_err(|e| self.inner.err_on(keys, "defer", e))?;
         Ok(())
     }
 
@@ -264,7 +335,7 @@ impl RedisBroker {
                 inner.give_back(conn);
                 Ok(())
             }
-            Ok(Err(e)) => Err(inner.err("receive (blocking wait)", e)),
+            Ok(Err(e)) => Err(inner.err_on(keys, "receive (blocking wait)", e)),
             Err(_) => Err(QueueError::unavailable(
                 BACKEND,
                 &inner.url,
@@ -282,63 +353,134 @@ impl Producer for RedisBroker {
     }
 
     /// One pipeline: one `LPUSH` per queue for jobs due now, one script call per delayed job
-    /// and per job with a dedup key (whose reply says whether it was written).
+    /// and per job with a dedup key (whose reply says whether it was written). On a cluster a
+    /// pipeline may only touch one slot, so there it is one pipeline per queue, all sent at once.
     async fn send_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Sent>> {
         if envelopes.is_empty() {
             return Ok(Vec::new());
         }
-        let now = Utc::now();
-        let mut now_by_queue: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
-        let mut pipe = redis::pipe();
-        let mut loaded = (false, false);
-        // Indexes of the envelopes whose script reply the pipeline returns, in order.
-        let mut unique = Vec::new();
+        let mut by_queue: Vec<(&str, Vec<(usize, &Envelope)>)> = Vec::new();
         for (i, e) in envelopes.iter().enumerate() {
+            match by_queue.iter_mut().find(|(q, _)| *q == e.queue) {
+                Some((_, list)) => list.push((i, e)),
+                None => by_queue.push((&e.queue, vec![(i, e)])),
+            }
+        }
+        let now = Utc::now();
+        let mut sent = vec![Sent::Enqueued; envelopes.len()];
+        let mut mark = |unique: Vec<usize>, written: Vec<i64>| {
+            for (i, w) in unique.into_iter().zip(written) {
+                if w == 0 {
+                    sent[i] = Sent::Duplicate;
+                }
+            }
+        };
+        if !self.is_cluster() {
+            let mut pipe = redis::pipe();
+            let mut unique = Vec::new();
+            for (queue, list) in &by_queue {
+                unique.extend(self.add_sends(&mut pipe, &self.inner.keys(queue), list, now));
+            }
+            let written = self
+                .send_pipeline(pipe)
+                .await
+                .map_err(|e| self.inner.err("send", e))??;
+            mark(unique, written);
+            return Ok(sent);
+        }
+        let replies =
+            futures::future::try_join_all(by_queue.iter().map(|(queue, list)| async move {
+                let keys = self.inner.keys(queue);
+                let mut pipe = redis::pipe();
+                let unique = self.add_sends(&mut pipe, &keys, list, now);
+                let written = self
+                    .send_pipeline(pipe)
+                    .await
+                    .map_err(|e| self.inner.err_on(&keys, "send", e))??;
+                Ok::<_, QueueError>((unique, written))
+            }))
+            .await?;
+        for (unique, written) in replies {
+            mark(unique, written);
+        }
+        Ok(sent)
+    }
+}
+
+impl RedisBroker {
+    /// Runs a pipeline of sends, ending it with `WAIT` when the broker asks for replicas. In
+    /// the same pipeline, so on the same connection and node as the writes it waits for.
+    /// Returns the replies of the pipeline's unignored calls (the unique sends' scripts).
+    async fn send_pipeline(
+        &self,
+        mut pipe: redis::Pipeline,
+    ) -> redis::RedisResult<Result<Vec<i64>>> {
+        let Some((replicas, timeout)) = self.inner.replica_wait else {
+            return pipe
+                .query_async::<Vec<i64>>(&mut self.inner.conn())
+                .await
+                .map(Ok);
+        };
+        pipe.cmd("WAIT")
+            .arg(replicas)
+            .arg(util::millis_u64(timeout));
+        let mut replies: Vec<i64> = pipe.query_async(&mut self.inner.conn()).await?;
+        let acked = replies.pop().unwrap_or(0);
+        if acked >= i64::from(replicas) {
+            return Ok(Ok(replies));
+        }
+        Ok(Err(QueueError::backend(
+            BACKEND,
+            "send (WAIT for replicas)",
+            Msg(format!(
+                "{acked} of {replicas} replicas confirmed within {timeout:?}: the jobs are on \
+                 the master but could be lost if it fails now (retrying may enqueue them twice)"
+            )),
+        )))
+    }
+
+    /// Adds the sends of `envelopes`, all of the queue of `keys`, to `pipe`. Returns the
+    /// indexes of the envelopes whose script reply the pipeline returns, in order.
+    fn add_sends(
+        &self,
+        pipe: &mut redis::Pipeline,
+        keys: &Keys,
+        envelopes: &[(usize, &Envelope)],
+        now: DateTime<Utc>,
+    ) -> Vec<usize> {
+        let mut due_now = Vec::new();
+        let mut loaded = (false, false);
+        let mut unique = Vec::new();
+        for (i, e) in envelopes {
             let due = e.run_at.filter(|at| *at > now);
             if let Some((key, window)) = e.dedup() {
-                let keys = self.inner.keys(&e.queue);
                 let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
                 let due_ms = due.map_or(0, |at| at.timestamp_millis());
-                let call =
-                    scripts::send_unique(&keys, key, &e.to_bytes(), &e.id, window_ms, due_ms);
+                let call = scripts::send_unique(keys, key, &e.to_bytes(), &e.id, window_ms, due_ms);
                 if !loaded.1 {
                     pipe.load_script(call.script()).ignore();
                     loaded.1 = true;
                 }
                 pipe.invoke_script(&call.invocation());
-                unique.push(i);
+                unique.push(*i);
                 continue;
             }
             match due {
                 Some(at) => {
-                    let keys = self.inner.keys(&e.queue);
-                    let call = scripts::send_delayed(&keys, &e.to_bytes(), at.timestamp_millis());
+                    let call = scripts::send_delayed(keys, &e.to_bytes(), at.timestamp_millis());
                     if !loaded.0 {
                         pipe.load_script(call.script()).ignore();
                         loaded.0 = true;
                     }
                     pipe.invoke_script(&call.invocation()).ignore();
                 }
-                None => match now_by_queue.iter_mut().find(|(q, _)| *q == e.queue) {
-                    Some((_, bodies)) => bodies.push(e.to_bytes()),
-                    None => now_by_queue.push((&e.queue, vec![e.to_bytes()])),
-                },
+                None => due_now.push(e.to_bytes()),
             }
         }
-        for (queue, bodies) in &now_by_queue {
-            pipe.lpush(self.inner.keys(queue).ready, bodies).ignore();
+        if !due_now.is_empty() {
+            pipe.lpush(&keys.ready, due_now).ignore();
         }
-        let written: Vec<i64> = pipe
-            .query_async(&mut self.inner.conn())
-            .await
-            .map_err(|e| self.inner.err("send", e))?;
-        let mut sent = vec![Sent::Enqueued; envelopes.len()];
-        for (i, w) in unique.into_iter().zip(written) {
-            if w == 0 {
-                sent[i] = Sent::Duplicate;
-            }
-        }
-        Ok(sent)
+        unique
     }
 }
 
@@ -374,10 +516,9 @@ impl Inspector for RedisBroker {
     async fn depth(&self, queue: &str) -> Result<Depth> {
         let keys = self.inner.keys(queue);
         let reply: Vec<Value> = scripts::depth(&keys)
-            .invocation()
-            .invoke_async(&mut self.inner.conn())
+            .run(&mut self.inner.conn())
             .await
-            .map_err(|e| self.inner.err("depth", e))?;
+            .map_err(|e| self.inner.err_on(&keys, "depth", e))?;
         let [visible, in_flight, delayed, dead, oldest] = reply.as_slice() else {
             return Err(bad_reply("depth", "wrong length"));
         };
@@ -410,8 +551,9 @@ impl Broker for RedisBroker {
     }
 
     async fn ping(&self) -> Result<()> {
-        redis::cmd("PING")
-            .query_async::<()>(&mut self.inner.conn())
+        self.inner
+            .conn()
+            .ping()
             .await
             .map_err(|e| self.inner.err("ping", e))
     }
@@ -429,7 +571,7 @@ impl Broker for RedisBroker {
             .arg(util::millis_u64(vis))
             .query_async::<()>(&mut self.inner.conn())
             .await
-            .map_err(|e| self.inner.err("declare", e))
+            .map_err(|e| self.inner.err_on(&keys, "declare", e))
     }
 }
 
@@ -446,5 +588,38 @@ mod tests {
         let e = map_err("redis://:pw@h:1", "send", io);
         assert!(matches!(e, QueueError::Unavailable { .. }), "{e:?}");
         assert!(e.to_string().contains("redis://:***@h:1"));
+    }
+
+    /// What a cluster answers during a failover is "not now", retried like a lost connection;
+    /// any other error answer is the server saying no.
+    #[test]
+    fn failover_answers_are_unavailable() {
+        for kind in [
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::ReadOnly,
+            ServerErrorKind::BusyLoading,
+        ] {
+            let e = map_err(
+                "redis+cluster://h:1",
+                "receive",
+                (ErrorKind::Server(kind), "failover").into(),
+            );
+            assert!(
+                matches!(e, QueueError::Unavailable { .. }),
+                "{kind:?}: {e:?}"
+            );
+        }
+        let e = map_err(
+            "redis+cluster://h:1",
+            "receive",
+            (
+                ErrorKind::Server(ServerErrorKind::ResponseError),
+                "WRONGTYPE",
+            )
+                .into(),
+        );
+        assert!(matches!(e, QueueError::Backend { .. }), "{e:?}");
     }
 }

@@ -5,7 +5,8 @@
 
 use std::sync::LazyLock;
 
-use redis::{Script, ScriptInvocation, ToRedisArgs};
+use redis::aio::ConnectionLike;
+use redis::{FromRedisValue, RedisResult, Script, ScriptInvocation, ServerErrorKind, ToRedisArgs};
 
 use super::keys::Keys;
 
@@ -13,13 +14,13 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// One script with its keys and arguments, ready to run on its own or to add to a pipeline.
 pub(super) struct Call {
-    script: &'static Script,
+    script: &'static Lua,
     keys: Vec<String>,
     args: Vec<Vec<u8>>,
 }
 
 impl Call {
-    fn new(script: &'static Script, keys: &[&String]) -> Call {
+    fn new(script: &'static Lua, keys: &[&String]) -> Call {
         Call {
             script,
             keys: keys.iter().map(|k| (*k).clone()).collect(),
@@ -34,12 +35,12 @@ impl Call {
 
     /// The script, for `SCRIPT LOAD` ahead of a pipeline that invokes it.
     pub(super) fn script(&self) -> &'static Script {
-        self.script
+        &self.script.script
     }
 
-    /// The invocation: EVALSHA, falling back to loading the script when Redis lacks it.
+    /// The invocation, for a pipeline (after [`Call::script`]'s `SCRIPT LOAD` in it).
     pub(super) fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut inv = self.script.prepare_invoke();
+        let mut inv = self.script.script.prepare_invoke();
         for k in &self.keys {
             inv.key(k);
         }
@@ -48,24 +49,67 @@ impl Call {
         }
         inv
     }
+
+    /// Runs the script: `EVALSHA`, and when the node lacks it, `EVAL` with the source (which
+    /// caches it there). Never a separate `SCRIPT LOAD`: on a cluster redis-rs sends that to
+    /// every node and fails while any node is down, whereas `EVAL` goes to the one node that
+    /// holds the keys, so the queues on the shards that are up keep working.
+    pub(super) async fn run<T: FromRedisValue>(
+        &self,
+        conn: &mut impl ConnectionLike,
+    ) -> RedisResult<T> {
+        match self.command("EVALSHA").query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.command("EVAL").query_async(conn).await
+            }
+            other => other,
+        }
+    }
+
+    fn command(&self, eval: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd(eval);
+        if eval == "EVAL" {
+            cmd.arg(&self.script.source);
+        } else {
+            cmd.arg(self.script.script.get_hash());
+        }
+        cmd.arg(self.keys.len());
+        for k in &self.keys {
+            cmd.arg(k);
+        }
+        for a in &self.args {
+            cmd.arg(a.as_slice());
+        }
+        cmd
+    }
+}
+
+/// One script: its source and the `redis::Script` that knows its SHA1.
+struct Lua {
+    script: Script,
+    source: String,
 }
 
 struct Scripts {
-    receive: Script,
-    ack: Script,
-    nack: Script,
-    retry: Script,
-    extend: Script,
-    dead_letter: Script,
-    send_delayed: Script,
-    send_unique: Script,
-    defer: Script,
-    depth: Script,
-    dlq_remove: Script,
+    receive: Lua,
+    ack: Lua,
+    nack: Lua,
+    retry: Lua,
+    extend: Lua,
+    dead_letter: Lua,
+    send_delayed: Lua,
+    send_unique: Lua,
+    defer: Lua,
+    depth: Lua,
+    dlq_remove: Lua,
 }
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+fn script(body: &str) -> Lua {
+    let source = format!("{PRELUDE}\n{body}");
+    Lua {
+        script: Script::new(&source),
+        source,
+    }
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -218,6 +262,7 @@ pub(super) fn dlq_remove(k: &Keys, stream_id: &str, entry_id: &str) -> Call {
 
 #[cfg(test)]
 mod tests {
+    use super::super::keys::Layout;
     use super::*;
 
     /// The highest `NAME[n]` the script reads: a wrapper must pass exactly that many.
@@ -236,7 +281,7 @@ mod tests {
 
     #[test]
     fn every_wrapper_passes_what_its_script_reads() {
-        let k = Keys::new("ns", "q");
+        let k = Keys::new(Layout::Single, "ns", "q");
         let cases: Vec<(Call, &str)> = vec![
             (receive(&k, 10), include_str!("lua/receive.lua")),
             (ack(&k, "7", 1), include_str!("lua/ack.lua")),
@@ -250,6 +295,10 @@ mod tests {
             (
                 send_delayed(&k, b"{}", 1_700_000_000_000),
                 include_str!("lua/send_delayed.lua"),
+            ),
+            (
+                send_unique(&k, "doc-1", b"{}", "j1", 60_000, 0),
+                include_str!("lua/send_unique.lua"),
             ),
             (
                 defer(&k, "7", 1, 1_700_000_000_000),
@@ -268,7 +317,7 @@ mod tests {
 
     #[test]
     fn keys_and_args_keep_their_order() {
-        let k = Keys::new("ns", "q");
+        let k = Keys::new(Layout::Single, "ns", "q");
         let call = dead_letter(&k, "7", 3, Some(b"new"), "boom", "e1", "at");
         assert_eq!(
             call.keys,
