@@ -19,6 +19,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 scripts/lint-deploy.sh
+# The peer bench's pure helpers (quantiles, the table); the bench itself is not a test.
+python3 -m unittest discover -s bench/python -p 'test_*.py'
 cargo nextest run --workspace --locked --no-fail-fast "${FEATURES[@]}" "$@"
 # nextest does not run doctests.
 cargo test --workspace --locked --doc "${FEATURES[@]}"

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -38,6 +38,11 @@ pub fn metrics_handle() -> PrometheusHandle {
                     300.0,
                 ])
                 .expect("static, non-empty buckets")
+                .set_buckets_for_metric(
+                    Matcher::Full("jobfleet_job_wait_seconds".into()),
+                    &wait_buckets(),
+                )
+                .expect("non-empty buckets")
                 .build_recorder();
             let handle = recorder.handle();
             // Tests may have installed another recorder first; then metrics go there and this
@@ -46,4 +51,24 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Bucket bounds of `jobfleet_job_wait_seconds` (enqueue -> start): 1 ms to an hour, each 25 %
+/// above the last, so a quantile read off them (`histogram_quantile`) is within ~12 % at any
+/// scale. The duration buckets are too coarse for a wait that is the queue's main signal.
+pub fn wait_buckets() -> Vec<f64> {
+    std::iter::successors(Some(0.001_f64), |b| Some(b * 1.25))
+        .take_while(|b| *b <= 3600.0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wait_buckets_rise_by_a_quarter_from_a_millisecond_to_an_hour() {
+        let b = super::wait_buckets();
+        assert_eq!(b[0], 0.001);
+        assert!(b.windows(2).all(|w| (w[1] / w[0] - 1.25).abs() < 1e-9));
+        assert!(*b.last().unwrap() <= 3600.0 && b.last().unwrap() * 1.25 > 3600.0);
+    }
 }

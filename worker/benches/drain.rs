@@ -1,7 +1,7 @@
-//! End-to-end worker benchmark (run by `bench/worker.sh`): pre-fills a fresh queue with N no-op
-//! jobs, then drains it with the real `Worker` (pools, budget, runner, acks: what `worker run`
-//! runs) at a fixed concurrency, and prints one JSON line measured the same way as the BullMQ
-//! peer in `bench/bullmq/drain.mjs`: drain = first job start .. last job done; latency =
+//! In-process drain benchmark, a profiling aid (the peer comparison is `bench/run.sh`, which
+//! drives the real `worker run` binary): pre-fills a fresh queue with N no-op jobs, then drains
+//! it with the real `Worker` (pools, budget, runner, acks: what `worker run` runs) at a fixed
+//! concurrency, and prints one JSON line: drain = first job start .. last job done; latency =
 //! `enqueued_at` .. handler start.
 //!
 //! `cargo bench -p jobfleet-worker --bench drain -- --backend redis --jobs 50000 --concurrency 50`

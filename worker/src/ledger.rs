@@ -5,8 +5,13 @@
 //! A delivery left unsettled (lease lost, a settle write failed) counts nothing here: it is
 //! delivered again and counted then.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use metrics::{Counter, Histogram};
 
 use crate::verdict::Outcome;
 
@@ -72,19 +77,20 @@ impl Ledger {
             | Settled::DeadLettered { kind, .. } => kind,
             Settled::HandedBack | Settled::HeldBack | Settled::Abandoned => return,
         };
+        let m = handles(queue, kind);
         if settled.failed() {
             self.failed.fetch_add(1, Ordering::SeqCst);
-            count("jobfleet_jobs_failed_total", queue, kind);
+            m.failed.increment(1);
         }
         match settled {
             Settled::Succeeded { .. } => {
                 self.succeeded.fetch_add(1, Ordering::SeqCst);
-                count("jobfleet_jobs_succeeded_total", queue, kind);
+                m.succeeded.increment(1);
             }
-            Settled::Retried { .. } => count("jobfleet_jobs_retried_total", queue, kind),
+            Settled::Retried { .. } => m.retried.increment(1),
             Settled::DeadLettered { .. } => {
                 self.dead_lettered.fetch_add(1, Ordering::SeqCst);
-                count("jobfleet_jobs_dead_lettered_total", queue, kind);
+                m.dead_lettered.increment(1);
             }
             Settled::HandedBack | Settled::HeldBack | Settled::Abandoned => {}
         }
@@ -106,19 +112,65 @@ impl Ledger {
     }
 }
 
-/// A handler is about to run (before it is known how it ends).
-pub fn started(queue: &str, kind: &str) {
-    count("jobfleet_jobs_started_total", queue, kind);
+/// A handler is about to run (before it is known how it ends), for a job its producer
+/// enqueued at `enqueued_at`: counted, and its wait in the queue recorded.
+pub fn started(queue: &str, kind: &str, enqueued_at: DateTime<Utc>) {
+    let m = handles(queue, kind);
+    m.started.increment(1);
+    // A producer clock ahead of ours would make the wait negative: count it as no wait.
+    let waited = (Utc::now() - enqueued_at).to_std().unwrap_or_default();
+    m.wait.record(waited.as_secs_f64());
 }
 
 /// A handler finished (by itself or by the timeout) after `elapsed`.
 pub fn ran(queue: &str, kind: &str, elapsed: Duration) {
-    metrics::histogram!("jobfleet_job_duration_seconds", "queue" => queue.to_owned(), "kind" => kind.to_owned())
-        .record(elapsed.as_secs_f64());
+    handles(queue, kind).duration.record(elapsed.as_secs_f64());
 }
 
-fn count(name: &'static str, queue: &str, kind: &str) {
-    metrics::counter!(name, "queue" => queue.to_owned(), "kind" => kind.to_owned()).increment(1);
+/// The metric handles of one (queue, kind): registered once, then each count is an atomic
+/// add. Registering on every count (the `counter!` macro with owned label strings) cost two
+/// allocations and a registry lookup per metric per job, several times per job.
+struct Handles {
+    started: Counter,
+    succeeded: Counter,
+    failed: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+    duration: Histogram,
+    wait: Histogram,
+}
+
+impl Handles {
+    fn new(queue: &str, kind: &str) -> Handles {
+        let labels = [("queue", queue.to_owned()), ("kind", kind.to_owned())];
+        Handles {
+            started: metrics::counter!("jobfleet_jobs_started_total", &labels),
+            succeeded: metrics::counter!("jobfleet_jobs_succeeded_total", &labels),
+            failed: metrics::counter!("jobfleet_jobs_failed_total", &labels),
+            retried: metrics::counter!("jobfleet_jobs_retried_total", &labels),
+            dead_lettered: metrics::counter!("jobfleet_jobs_dead_lettered_total", &labels),
+            duration: metrics::histogram!("jobfleet_job_duration_seconds", &labels),
+            wait: metrics::histogram!("jobfleet_job_wait_seconds", &labels),
+        }
+    }
+}
+
+type ByKind = HashMap<String, Arc<Handles>>;
+
+/// Handles by queue, then kind. Kinds are the registered ones plus the two fixed labels, so
+/// this stays small. Filled on first use, after the process installed its recorder.
+static HANDLES: LazyLock<Mutex<HashMap<String, ByKind>>> = LazyLock::new(Default::default);
+
+fn handles(queue: &str, kind: &str) -> Arc<Handles> {
+    let mut all = HANDLES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = all.get(queue).and_then(|k| k.get(kind)) {
+        return h.clone();
+    }
+    let h = Arc::new(Handles::new(queue, kind));
+    all.entry(queue.to_owned())
+        .or_default()
+        .insert(kind.to_owned(), h.clone());
+    h
 }
 
 #[cfg(test)]

@@ -5,10 +5,11 @@
 //! received from; what a receive under way when the pause is seen brings is handed back unrun.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fleet::Control;
+use metrics::Gauge;
 use queues::{Broker, Depth, QueueError, QueueSpec};
 use tokio::sync::{Notify, watch};
 
@@ -20,6 +21,10 @@ use runtime::config::QueueConfig;
 
 /// Pause after a failed receive, so a broker outage is not hammered in a loop.
 const RECEIVE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Longest a receive waits for more slots to free up (D90): short against any real job,
+/// long enough for a burst of short jobs to finish together and be refilled by one receive.
+const GATHER_WAIT: Duration = Duration::from_millis(2);
 
 /// What all pools of a process share: the budget and the jobs running against it.
 pub struct Shared {
@@ -57,6 +62,9 @@ pub struct Pool {
     /// Whether the queue is declared on the broker; receives wait for it.
     declared: AtomicBool,
     shared: Arc<Shared>,
+    /// `jobfleet_pool_running`, set twice per job: registered once (on first use, after the
+    /// process installed its recorder) rather than on every set.
+    running_gauge: OnceLock<Gauge>,
 }
 
 impl Pool {
@@ -74,6 +82,7 @@ impl Pool {
             receive_error: Mutex::new(None),
             declared: AtomicBool::new(false),
             shared,
+            running_gauge: OnceLock::new(),
         }
     }
 
@@ -105,6 +114,11 @@ impl Pool {
             metrics::gauge!("jobfleet_queue_oldest_age_seconds", "queue" => self.queue.clone())
                 .set(age.as_secs_f64());
         }
+    }
+
+    fn running_gauge(&self) -> &Gauge {
+        self.running_gauge
+            .get_or_init(|| metrics::gauge!("jobfleet_pool_running", "queue" => self.queue.clone()))
     }
 
     /// Jobs running now.
@@ -190,6 +204,29 @@ impl Pool {
         own.min(process)
     }
 
+    /// Lets a few more slots free up before a receive, so short jobs are fetched in batches
+    /// instead of one receive per finished job: waits until a quarter of the granted slots are
+    /// free, no job of this pool is running, or [`GATHER_WAIT`] has passed, whichever is first.
+    /// Returns the slots free then (0 only when the stop came or another pool took the budget).
+    async fn gather_slots(&self, stop: &mut watch::Receiver<bool>) -> usize {
+        let enough = (self.granted.load(Ordering::SeqCst) / 4).max(1);
+        let deadline = tokio::time::Instant::now() + GATHER_WAIT;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let free = self.free_slots();
+            if free >= enough || self.running() == 0 {
+                return free;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => return self.free_slots(),
+                _ = until_set(stop) => return 0,
+            }
+        }
+    }
+
     /// Receives and starts jobs until `stop` turns true. A receive already under way when the
     /// stop comes is finished, and whatever it brought is handed back at once (nack without
     /// delay) rather than dropped: dropping it would hide those jobs for a visibility timeout.
@@ -206,7 +243,6 @@ impl Pool {
         mut control: Control,
     ) {
         self.receiving.store(true, Ordering::SeqCst);
-        let labels = [("queue", self.queue.clone())];
         let mut was_paused = false;
         loop {
             if *stop.borrow() {
@@ -248,6 +284,10 @@ impl Pool {
                 }
                 continue;
             }
+            let free = self.gather_slots(&mut stop).await;
+            if free == 0 {
+                continue;
+            }
             let batch = match broker.receive(&self.queue, free, receive_wait).await {
                 Ok(b) => {
                     self.set_receive_error(None);
@@ -279,7 +319,7 @@ impl Pool {
             for delivery in batch {
                 self.running.fetch_add(1, Ordering::SeqCst);
                 self.shared.running.fetch_add(1, Ordering::SeqCst);
-                metrics::gauge!("jobfleet_pool_running", &labels).set(self.running() as f64);
+                self.running_gauge().set(self.running() as f64);
                 let pool = self.clone();
                 let runner = runner.clone();
                 let abort = abort.clone();
@@ -303,7 +343,7 @@ impl Drop for SlotGuard {
     fn drop(&mut self) {
         let now = self.0.running.fetch_sub(1, Ordering::SeqCst) - 1;
         self.0.shared.running.fetch_sub(1, Ordering::SeqCst);
-        metrics::gauge!("jobfleet_pool_running", "queue" => self.0.queue.clone()).set(now as f64);
+        self.0.running_gauge().set(now as f64);
         self.0.shared.changed.notify_waiters();
     }
 }

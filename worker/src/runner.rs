@@ -1,17 +1,19 @@
 //! Runs one delivery from start to settlement: parse, look up the kind, check for a crash
-//! loop, validate, run the handler in its own task with a timeout and a heartbeat. What that
+//! loop, validate, run the handler (panics caught) with a timeout and a heartbeat. What that
 //! comes to (an [`Outcome`]) is decided by the pure [`verdict`], carried out by
 //! [`settle`](crate::settle::settle) and counted by the pool's [`Ledger`](crate::ledger::Ledger)
 //! from the [`Settled`] this returns. Nothing a message contains can crash the worker: malformed
 //! bodies, unknown kinds, bad payloads and panicking handlers all end in a settled delivery.
 
 use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet::Control;
 use fleet::cancel::CancelRequest;
 use fleet::limits::{Admission, Limiter};
+use futures::FutureExt;
 use jobs::{JobContext, Registered, Registry};
 use queues::{Delivery, Envelope, QueueError};
 use tokio::sync::watch;
@@ -41,15 +43,6 @@ fn panic_message(p: Box<dyn Any + Send>) -> String {
             Ok(s) => (*s).to_owned(),
             Err(_) => "(non-string panic payload)".into(),
         },
-    }
-}
-
-/// Aborts the handler task when dropped, so no path can leave it running unattended.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -119,8 +112,10 @@ impl Runner {
     ) -> Settled {
         let lease = LeaseClock::started(visibility);
         let msg = delivery.message();
+        // Borrowed, not cloned: the delivery outlives the run, and only a retry or a
+        // dead-letter needs an envelope of its own (with the failure recorded).
         let env = match msg.envelope() {
-            Ok(e) => e.clone(),
+            Ok(e) => e,
             Err(parse) => {
                 let span =
                     tracing::warn_span!("job", job_id = %msg.id(), queue, kind = MALFORMED_LABEL);
@@ -151,17 +146,16 @@ impl Runner {
                         limiter: &self.limiter,
                         control: self.control.clone(),
                     };
-                    attempt(queue, &lease, &*delivery, &env, reg, fleet, abort).await
+                    attempt(queue, &lease, &*delivery, env, reg, fleet, abort).await
                 }
             };
-            let kind = env.kind.clone();
             let settled = self
                 .finish(
                     &*delivery,
                     &lease,
                     Some(env),
                     Some(&reg.policy),
-                    &kind,
+                    &env.kind,
                     outcome,
                 )
                 .await;
@@ -179,12 +173,12 @@ impl Runner {
         &self,
         delivery: &dyn Delivery,
         lease: &LeaseClock,
-        env: Option<Envelope>,
+        env: Option<&Envelope>,
         policy: Option<&jobs::RetryPolicy>,
         kind: &str,
         outcome: Outcome,
     ) -> Settled {
-        let v = verdict(env.as_ref(), policy, &outcome, rand::random::<f64>());
+        let v = verdict(env, policy, &outcome, rand::random::<f64>());
         log_decision(&outcome, &v);
         if !settle(delivery, env, &v, &self.worker_id, lease).await {
             return Settled::Abandoned;
@@ -218,7 +212,7 @@ struct FleetHooks<'a> {
 }
 
 /// Everything between finding the kind and deciding: the crash-loop check, `validate`, the
-/// permits of the limits on its kind and queue, and the handler's run in a task of its own,
+/// permits of the limits on its kind and queue, and the handler's run,
 /// raced against the heartbeat, the abort flag and a cancel request arriving in the fleet
 /// snapshot. Returns the cancel request that stopped it, if one did.
 async fn attempt(
@@ -256,32 +250,29 @@ async fn attempt(
         _ = until_set(&mut abort) => return (Outcome::Shutdown, None),
     };
 
-    ledger::started(queue, &env.kind);
+    ledger::started(queue, &env.kind, env.enqueued_at);
     let started = Instant::now();
-    let handler = reg.handler.clone();
     let ctx = JobContext {
         job_id: env.id.clone(),
         queue: queue.to_owned(),
         attempt: env.attempt + 1,
     };
-    let payload = env.payload.clone();
-    // A task of its own, so a panic is caught by the runtime and comes back as a JoinError
-    // instead of unwinding through the worker, and so it can be aborted on a lost lease.
-    let task = tokio::spawn(async move { handler.run(&ctx, &payload).await }.in_current_span());
-    let _guard = AbortOnDrop(task.abort_handle());
+    // Run in this task, not a spawned one: `catch_unwind` turns a panic into an outcome just as
+    // a JoinError did, and leaving the select (lost lease, abort, timeout) drops the handler's
+    // future, which cancels it. A spawn per job cost more than a no-op job's whole run.
+    let run = AssertUnwindSafe(reg.handler.run(&ctx, &env.payload)).catch_unwind();
     let outcome = tokio::select! {
-        r = tokio::time::timeout(policy.timeout, task) => match r {
+        r = tokio::time::timeout(policy.timeout, run) => match r {
             Err(_) => Outcome::TimedOut(policy.timeout),
             Ok(Ok(Ok(done))) => Outcome::Succeeded { summary: done.summary, elapsed: started.elapsed() },
             Ok(Ok(Err(e))) => Outcome::Failed(e),
-            Ok(Err(join)) if join.is_panic() => Outcome::Panicked(panic_message(join.into_panic())),
-            Ok(Err(join)) => Outcome::Panicked(format!("handler task ended: {join}")),
+            Ok(Err(panic)) => Outcome::Panicked(panic_message(panic)),
         },
         // Not settled: the redelivered twin owns the job now.
         _ = heartbeat(delivery, lease) => return (Outcome::LeaseLost, None),
         _ = until_set(&mut abort) => return (Outcome::Shutdown, None),
-        // Dropping the handler task's guard aborts it: whatever transaction it holds is rolled
-        // back, never committed.
+        // Leaving the select drops the handler's future: whatever transaction it holds is
+        // rolled back, never committed.
         req = control.cancelled(queue, &env.id) => {
             tracing::warn!(requested_by = %req.requested_by, "cancel requested; stopping the handler");
             return (cancelled(&req), Some(req));

@@ -52,17 +52,20 @@ impl Write<'_> {
 /// Returns whether the broker took the write (`LeaveAlone` writes nothing: true).
 pub async fn settle(
     delivery: &dyn Delivery,
-    env: Option<Envelope>,
+    env: Option<&Envelope>,
     verdict: &Verdict,
     worker_id: &str,
     lease: &LeaseClock,
 ) -> bool {
+    // Only a retry or a dead-letter writes the envelope back, with the failure recorded: the
+    // one path that needs a copy of its own.
     let updated = match verdict {
-        Verdict::Retry { error, .. } | Verdict::DeadLetter { error, .. } => env.map(|mut e| {
+        Verdict::Retry { error, .. } | Verdict::DeadLetter { error, .. } => env.map(|e| {
+            let mut e = e.clone();
             e.record_failure(error, worker_id);
             e
         }),
-        _ => env,
+        _ => None,
     };
     let write = match verdict {
         Verdict::Ack => Write::Ack,
@@ -292,7 +295,7 @@ mod tests {
             error: "boom".into(),
             delay: Duration::ZERO,
         };
-        assert!(settle(&d, Some(env), &retry, "w", &lease).await);
+        assert!(settle(&d, Some(&env), &retry, "w", &lease).await);
         assert_eq!(d.calls().len(), 5);
     }
 

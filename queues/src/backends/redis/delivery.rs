@@ -5,7 +5,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use redis::Value;
+use tokio::sync::{mpsc, oneshot};
 
+use super::acks::AckRequest;
 use super::keys::Keys;
 use super::{BACKEND, RedisBroker, scripts};
 use crate::backends::util;
@@ -15,6 +17,8 @@ use crate::error::{QueueError, Result};
 
 pub(super) struct RedisDelivery {
     pub(super) broker: RedisBroker,
+    /// The queue's ack group commit.
+    pub(super) acks: mpsc::UnboundedSender<AckRequest>,
     pub(super) keys: Keys,
     pub(super) queue: String,
     pub(super) id: String,
@@ -56,7 +60,23 @@ impl Delivery for RedisDelivery {
         true
     }
 
+    /// Through the queue's group commit: acks finishing together cost one script call. Should
+    /// that writer be gone (its runtime shut down), the ack goes on its own.
     async fn ack(&self) -> Result<()> {
+        let (done, settled) = oneshot::channel();
+        let req = AckRequest {
+            id: self.id.clone(),
+            count: self.count,
+            done,
+        };
+        if self.acks.send(req).is_ok()
+            && let Ok(res) = settled.await
+        {
+            return match res? {
+                true => Ok(()),
+                false => Err(self.lost()),
+            };
+        }
         let call = scripts::ack(&self.keys, &self.id, self.count);
         self.settle("ack", call).await
     }

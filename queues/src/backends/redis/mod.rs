@@ -23,6 +23,7 @@
 //!
 //! The scripts are `lua/*.lua`, each called only through its function in `scripts.rs`.
 
+mod acks;
 mod conn;
 mod delivery;
 mod dlq;
@@ -30,6 +31,7 @@ mod keys;
 mod scripts;
 mod slots;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +39,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::backends::util;
@@ -72,6 +75,9 @@ struct Inner {
     blocking: Mutex<Vec<Conn>>,
     /// On a cluster: the slot map as last seen, to name the node in errors.
     slots: Option<Arc<SlotMap>>,
+    /// Per queue, the way into its ack group commit ([`acks::ack_loop`]), started with its
+    /// first receive.
+    acks: Mutex<HashMap<String, mpsc::UnboundedSender<acks::AckRequest>>>,
     url: String,
     namespace: String,
     /// Replicas every send waits for (`WAIT`), and for how long at most; none by default.
@@ -94,7 +100,7 @@ impl Inner {
         let (Some(slots), Some(cluster)) = (&self.slots, self.conn.cluster()) else {
             return self.err(op, e);
         };
-        if !is_connection_trouble(&e) {
+        if !connection_lost(&e) {
             return self.err(op, e);
         }
         let slot = keys.slot();
@@ -127,6 +133,24 @@ impl Inner {
             .map_err(|e| self.err("connect", e))
     }
 
+    /// The ack queue of `queue`, starting its writer on first use (or again, should the
+    /// runtime that ran the last one have gone).
+    fn acks(&self, queue: &str, keys: &Keys) -> mpsc::UnboundedSender<acks::AckRequest> {
+        let mut map = util::lock(&self.acks);
+        if let Some(tx) = map.get(queue).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(acks::ack_loop(
+            self.conn(),
+            keys.clone(),
+            self.url.clone(),
+            rx,
+        ));
+        map.insert(queue.to_owned(), tx.clone());
+        tx
+    }
+
     fn give_back(&self, c: Conn) {
         let mut pool = util::lock(&self.blocking);
         if pool.len() < 64 {
@@ -139,7 +163,7 @@ impl Inner {
 /// the connection itself, the cluster's own "not now" answers during a failover (`CLUSTERDOWN`,
 /// `TRYAGAIN`, `MASTERDOWN`, a `READONLY` from a demoted master, a redirection the client gave
 /// up following) and a node still `LOADING` its data after a restart.
-fn is_connection_trouble(e: &RedisError) -> bool {
+fn connection_lost(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
@@ -158,7 +182,7 @@ fn is_connection_trouble(e: &RedisError) -> bool {
 }
 
 fn map_err(url: &str, op: &'static str, e: RedisError) -> QueueError {
-    util::client_error(BACKEND, url, op, is_connection_trouble(&e), e)
+    util::client_error(BACKEND, url, op, connection_lost(&e), e)
 }
 
 fn bad_reply(op: &'static str, what: &str) -> QueueError {
@@ -214,6 +238,7 @@ impl RedisBroker {
                 conn,
                 blocking: Mutex::new(Vec::new()),
                 slots,
+                acks: Mutex::new(HashMap::new()),
                 url,
                 namespace: cfg.namespace.clone(),
                 replica_wait: None,
@@ -236,6 +261,7 @@ impl RedisBroker {
                 conn: inner.conn.clone(),
                 blocking: Mutex::new(Vec::new()),
                 slots: inner.slots.clone(),
+                acks: Mutex::new(HashMap::new()),
                 url: inner.url.clone(),
                 namespace: inner.namespace.clone(),
                 replica_wait: Some((replicas, timeout)),
@@ -270,7 +296,12 @@ impl RedisBroker {
             return Err(bad_reply("receive", "empty"));
         };
         let wake = as_int(wake).ok_or_else(|| bad_reply("receive", "wake time"))?;
+        let wake = u64::try_from(wake).ok().map(Duration::from_millis);
+        if rest.is_empty() {
+            return Ok((Vec::new(), wake));
+        }
         let mut out: Deliveries = Vec::with_capacity(rest.len() / 3);
+        let acks = inner.acks(queue, keys);
         let now = Utc::now();
         for item in rest.chunks(3) {
             let [id, count, body] = item else {
@@ -293,6 +324,7 @@ impl RedisBroker {
             }
             out.push(Box::new(RedisDelivery {
                 broker: self.clone(),
+                acks: acks.clone(),
                 keys: keys.clone(),
                 queue: queue.to_owned(),
                 id,
@@ -300,7 +332,6 @@ impl RedisBroker {
                 msg,
             }));
         }
-        let wake = u64::try_from(wake).ok().map(Duration::from_millis);
         Ok((out, wake))
     }
 

@@ -93,6 +93,7 @@ struct Lua {
 struct Scripts {
     receive: Lua,
     ack: Lua,
+    ack_many: Lua,
     nack: Lua,
     retry: Lua,
     extend: Lua,
@@ -115,6 +116,7 @@ fn script(body: &str) -> Lua {
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     receive: script(include_str!("lua/receive.lua")),
     ack: script(include_str!("lua/ack.lua")),
+    ack_many: script(include_str!("lua/ack_many.lua")),
     nack: script(include_str!("lua/nack.lua")),
     retry: script(include_str!("lua/retry.lua")),
     extend: script(include_str!("lua/extend.lua")),
@@ -146,6 +148,16 @@ pub(super) fn ack(k: &Keys, id: &str, count: i64) -> Call {
     Call::new(&SCRIPTS.ack, &[&k.msgs, &k.counts, &k.inflight])
         .arg(id)
         .arg(count)
+}
+
+/// Drops every leased message of `acks` (id, lease count) at once. Reply: one 1 or 0 (lease
+/// gone) per pair, in order.
+pub(super) fn ack_many<'a>(k: &Keys, acks: impl IntoIterator<Item = (&'a str, i64)>) -> Call {
+    let mut call = Call::new(&SCRIPTS.ack_many, &[&k.msgs, &k.counts, &k.inflight]);
+    for (id, count) in acks {
+        call = call.arg(id).arg(count);
+    }
+    call
 }
 
 /// Hands the leased message back, visible again after `delay_ms`. Reply 1 or 0 (lease gone).
@@ -313,6 +325,19 @@ mod tests {
         for (call, file) in &cases {
             assert_arity(call, file);
         }
+    }
+
+    /// `ack_many` reads ARGV in pairs by a loop, not by fixed index: check its layout directly.
+    #[test]
+    fn ack_many_passes_id_count_pairs() {
+        let k = Keys::new(Layout::Single, "ns", "q");
+        let file = include_str!("lua/ack_many.lua");
+        let call = ack_many(&k, [("7", 1), ("8", 2)]);
+        assert_eq!(call.keys.len(), highest(file, "KEYS"));
+        assert_eq!(call.keys, ["ns:q:msgs", "ns:q:counts", "ns:q:inflight"]);
+        let args: Vec<&[u8]> = call.args.iter().map(Vec::as_slice).collect();
+        assert_eq!(args, [&b"7"[..], b"1", b"8", b"2"]);
+        assert!(ack_many(&k, []).args.is_empty());
     }
 
     #[test]
