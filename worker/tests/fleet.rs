@@ -26,10 +26,6 @@ const INTERVAL_MS: u64 = 300;
 const SLACK_MS: u64 = 400;
 
 /// A port nothing listens on: bound, then let go.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// The broker of `backend`, on `db` when it is PostgreSQL (not the shared test database).
 async fn broker(backend: BackendKind, db: &FreshDb) -> TestBroker {
@@ -136,17 +132,10 @@ diag_record = "{q}"
 
 fn spawn_worker(config: &Path, stderr: Stdio) -> Proc {
     Proc(
-        Command::new(env!("CARGO_BIN_EXE_worker"))
+        common::worker_cmd()
             .arg("--config")
             .arg(config)
             .arg("run")
-            .env("JOBFLEET_DIAGNOSTIC_KINDS", "1")
-            .env_remove("JOBFLEET_CONFIG")
-            .env_remove("JOBFLEET_DATABASE_URL")
-            .env_remove("DATABASE_URL")
-            .env_remove("JOBFLEET_BROKER_URL")
-            .env_remove("JOBFLEET_BROKER_BACKEND")
-            .env_remove("JOBFLEET_ADMIN_ADDR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -157,17 +146,11 @@ fn spawn_worker(config: &Path, stderr: Stdio) -> Proc {
 
 /// Runs an operator command as user `tester`.
 fn cli(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_worker"))
+    common::worker_cmd()
         .arg("--config")
         .arg(config)
         .args(args)
         .env("USER", "tester")
-        .env("JOBFLEET_DIAGNOSTIC_KINDS", "1")
-        .env_remove("JOBFLEET_CONFIG")
-        .env_remove("JOBFLEET_DATABASE_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("JOBFLEET_BROKER_URL")
-        .env_remove("JOBFLEET_BROKER_BACKEND")
         .output()
         .expect("run the worker binary")
 }
@@ -507,19 +490,6 @@ async fn cancel_on_sqs() {
     cancel_on(BackendKind::Sqs).await;
 }
 
-async fn http(port: u16, path: &str) -> Option<(u16, String)> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .no_proxy()
-        .build()
-        .unwrap();
-    let r = client
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .send()
-        .await
-        .ok()?;
-    Some((r.status().as_u16(), r.text().await.ok()?))
-}
 
 async fn send_sleeps(tb: &TestBroker, q: &str, n: usize) {
     let batch: Vec<Envelope> = (0..n)
@@ -547,7 +517,7 @@ async fn control_state_down_keeps_jobs_flowing_and_is_reported_then_picked_up_ag
         .unwrap();
     let name = s.db.url.rsplit_once('/').unwrap().1.to_owned();
     let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port());
-    let admin = free_port();
+    let admin = common::free_port();
     let cfg = s.config("w", Some(&via_proxy), admin, 4);
     let mut child = spawn_worker(&cfg, Stdio::piped());
     let stderr = child.0.stderr.take().unwrap();
@@ -559,7 +529,7 @@ async fn control_state_down_keeps_jobs_flowing_and_is_reported_then_picked_up_ag
         text
     });
     wait_until(Duration::from_secs(20), "/readyz 200 at start", || async {
-        matches!(http(admin, "/readyz").await, Some((200, _)))
+        matches!(common::http_get(admin, "/readyz").await, Some((200, _)))
     })
     .await;
     send_sleeps(&s.tb, &s.queue, 50).await;
@@ -570,12 +540,12 @@ async fn control_state_down_keeps_jobs_flowing_and_is_reported_then_picked_up_ag
         Duration::from_secs(10),
         "/readyz names the control state",
         || async {
-            matches!(http(admin, "/readyz").await,
+            matches!(common::http_get(admin, "/readyz").await,
             Some((503, body)) if body.contains("fleet control state does not answer"))
         },
     )
     .await;
-    let (_, metrics) = http(admin, "/metrics").await.unwrap();
+    let (_, metrics) = common::http_get(admin, "/metrics").await.unwrap();
     assert!(
         metrics
             .lines()
@@ -602,10 +572,10 @@ async fn control_state_down_keeps_jobs_flowing_and_is_reported_then_picked_up_ag
 
     let _back = proxy.restart().await.unwrap();
     wait_until(Duration::from_secs(15), "/readyz 200 again", || async {
-        matches!(http(admin, "/readyz").await, Some((200, _)))
+        matches!(common::http_get(admin, "/readyz").await, Some((200, _)))
     })
     .await;
-    let (_, metrics) = http(admin, "/metrics").await.unwrap();
+    let (_, metrics) = common::http_get(admin, "/metrics").await.unwrap();
     assert!(
         metrics
             .lines()

@@ -154,16 +154,10 @@ diag_span = "{queue}"
 type Span = (String, i32, i32, DateTime<Utc>, DateTime<Utc>);
 
 fn cli(config: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_worker"));
+    let mut c = common::worker_cmd();
     c.arg("--config")
         .arg(config)
-        .env("JOBFLEET_DIAGNOSTIC_KINDS", "1")
         .env("USER", "limits-test")
-        .env_remove("JOBFLEET_CONFIG")
-        .env_remove("JOBFLEET_BROKER_URL")
-        .env_remove("JOBFLEET_BROKER_BACKEND")
-        .env_remove("JOBFLEET_DATABASE_URL")
-        .env_remove("DATABASE_URL")
         .stdin(Stdio::null());
     c
 }

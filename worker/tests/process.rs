@@ -62,14 +62,10 @@ fn spawn_worker(config: &Path) -> Proc {
 
 fn spawn_worker_with(config: &Path, stderr: Stdio) -> Proc {
     Proc(
-        Command::new(env!("CARGO_BIN_EXE_worker"))
+        common::worker_cmd()
             .arg("--config")
             .arg(config)
             .arg("run")
-            .env("JOBFLEET_DIAGNOSTIC_KINDS", "1")
-            .env_remove("JOBFLEET_CONFIG")
-            .env_remove("JOBFLEET_BROKER_URL")
-            .env_remove("JOBFLEET_BROKER_BACKEND")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -267,7 +263,7 @@ async fn binary_exits_zero_on_sigterm_and_reports_bad_config_with_code_2() {
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[worker]\nbudgett = 3\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+    let out = common::worker_cmd()
         .arg("--config")
         .arg(&bad)
         .arg("run")

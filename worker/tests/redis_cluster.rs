@@ -200,18 +200,11 @@ diag_record = "{}"
 
 fn spawn_worker(config: &Path, log: &Path) -> Proc {
     Proc(
-        Command::new(env!("CARGO_BIN_EXE_worker"))
+        common::worker_cmd()
             .arg("--config")
             .arg(config)
             .arg("run")
-            .env("JOBFLEET_DIAGNOSTIC_KINDS", "1")
             .env("RUST_LOG", "warn")
-            .env_remove("JOBFLEET_CONFIG")
-            .env_remove("JOBFLEET_DATABASE_URL")
-            .env_remove("DATABASE_URL")
-            .env_remove("JOBFLEET_BROKER_URL")
-            .env_remove("JOBFLEET_BROKER_BACKEND")
-            .env_remove("JOBFLEET_ADMIN_ADDR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -220,23 +213,7 @@ fn spawn_worker(config: &Path, log: &Path) -> Proc {
     )
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
-async fn readyz(port: u16) -> Option<(u16, String)> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    let r = client
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .send()
-        .await
-        .ok()?;
-    Some((r.status().as_u16(), r.text().await.ok()?))
-}
 
 /// Distinct keys recorded for `run`, and all runs of them.
 async fn recorded(db: &sqlx::PgPool, run: &str) -> (i64, i64) {
@@ -306,7 +283,7 @@ async fn failover_mid_drain_loses_nothing_and_workers_stay_up() {
         .map(|(i, log)| {
             // Each worker is told a different first seed node.
             let url = cluster.url(cluster.base + i as u16);
-            let cfg = write_config(dir.path(), &url, &ns, &fresh.url, free_port(), &[&qa, &qb]);
+            let cfg = write_config(dir.path(), &url, &ns, &fresh.url, common::free_port(), &[&qa, &qb]);
             spawn_worker(&cfg, log)
         })
         .collect();
@@ -399,7 +376,7 @@ async fn master_down_at_start_serves_the_other_queues() {
     .await;
 
     let url = cluster.url(dead);
-    let admin = free_port();
+    let admin = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("worker.log");
     let cfg = write_config(dir.path(), &url, &ns, &fresh.url, admin, &[&q_up, &q_down]);
@@ -417,7 +394,7 @@ async fn master_down_at_start_serves_the_other_queues() {
     let t0 = Instant::now();
     let body = loop {
         assert_running(&mut worker, &logs);
-        if let Some((503, body)) = readyz(admin).await
+        if let Some((503, body)) = common::http_get(admin, "/readyz").await
             && body.contains(&q_down)
         {
             break body;
@@ -425,7 +402,7 @@ async fn master_down_at_start_serves_the_other_queues() {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "/readyz never named {q_down}: {:?}",
-            readyz(admin).await
+            common::http_get(admin, "/readyz").await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -456,7 +433,7 @@ async fn master_down_at_start_serves_the_other_queues() {
     wait_until(
         Duration::from_secs(60),
         "/readyz 200 once the master is back",
-        || async { matches!(readyz(admin).await, Some((200, _))) },
+        || async { matches!(common::http_get(admin, "/readyz").await, Some((200, _))) },
     )
     .await;
     let mut back = jobs(&q_down, &run, 20, "down");

@@ -57,16 +57,10 @@ noop = "{q}"
 }
 
 fn worker(config: &Path, stderr: Stdio) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker"));
+    let mut cmd = common::worker_cmd();
     cmd.arg("--config")
         .arg(config)
         .arg("run")
-        .env_remove("JOBFLEET_CONFIG")
-        .env_remove("JOBFLEET_DATABASE_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("JOBFLEET_BROKER_URL")
-        .env_remove("JOBFLEET_BROKER_BACKEND")
-        .env_remove("JOBFLEET_ADMIN_ADDR")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
@@ -141,18 +135,6 @@ fn unreachable_database_or_broker_at_start_exits_1_naming_it() {
     );
 }
 
-async fn readyz(port: u16) -> Option<(u16, String)> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let r = client
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .send()
-        .await
-        .ok()?;
-    Some((r.status().as_u16(), r.text().await.ok()?))
-}
 
 /// The database goes away under a running worker (a proxy in front of it is cut): `/readyz`
 /// turns 503 naming the database within a couple of sample intervals and the process keeps
@@ -167,14 +149,14 @@ async fn database_outage_while_running_is_reported_by_readyz_not_fatal() {
     let mut child = Proc(worker(&cfg, Stdio::inherit()).spawn().unwrap());
 
     wait_until(Duration::from_secs(20), "/readyz 200 at start", || async {
-        matches!(readyz(admin).await, Some((200, _)))
+        matches!(common::http_get(admin, "/readyz").await, Some((200, _)))
     })
     .await;
 
     proxy.stop();
     let cut = Instant::now();
     let last = loop {
-        let now = readyz(admin).await;
+        let now = common::http_get(admin, "/readyz").await;
         if let Some((503, body)) = &now
             && body.contains("database")
             && body.contains(&db_url)
@@ -190,12 +172,12 @@ async fn database_outage_while_running_is_reported_by_readyz_not_fatal() {
     eprintln!("not ready {:?} after the cut: {last}", cut.elapsed());
     // Still not ready a while later, and still running: an outage is not fatal.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(matches!(readyz(admin).await, Some((503, _))));
+    assert!(matches!(common::http_get(admin, "/readyz").await, Some((503, _))));
     assert!(child.0.try_wait().unwrap().is_none(), "the worker exited");
 
     let _back = proxy.restart().await.unwrap();
     wait_until(Duration::from_secs(10), "/readyz 200 again", || async {
-        matches!(readyz(admin).await, Some((200, _)))
+        matches!(common::http_get(admin, "/readyz").await, Some((200, _)))
     })
     .await;
 

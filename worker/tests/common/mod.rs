@@ -333,3 +333,42 @@ impl FreshDb {
             .unwrap();
     }
 }
+
+/// The `worker` binary with the diagnostic kinds on and none of the environment overrides
+/// (`JOBFLEET_CONFIG`, `JOBFLEET_DATABASE_URL`, `DATABASE_URL`, `JOBFLEET_BROKER_*`,
+/// `JOBFLEET_ADMIN_ADDR`) a developer's shell may set: a test's config file is all it reads.
+pub fn worker_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_worker"));
+    c.env("JOBFLEET_DIAGNOSTIC_KINDS", "1");
+    for var in [
+        "JOBFLEET_CONFIG",
+        "JOBFLEET_DATABASE_URL",
+        "DATABASE_URL",
+        "JOBFLEET_BROKER_URL",
+        "JOBFLEET_BROKER_BACKEND",
+        "JOBFLEET_ADMIN_ADDR",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// A TCP port free on loopback now (for a child's admin address).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `GET http://127.0.0.1:<port><path>`: status and body, or `None` when nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .ok()?;
+    Some((r.status().as_u16(), r.text().await.ok()?))
+}

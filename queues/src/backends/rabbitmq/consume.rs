@@ -165,6 +165,7 @@ async fn retire(inner: &Inner, queue: &str, qc: Arc<QueueConsumer>) {
         })
         .collect();
     let written = inner.publish_all(&out).await;
+    tracing::debug!(%queue, given_back = tags.len(), ok = written.is_ok(), "idle consumer retired");
     for tag in tags {
         let _ = match written {
             Ok(()) => qc.channel.basic_ack(tag, BasicAckOptions::default()).await,
