@@ -32,6 +32,8 @@ pub struct WebOptions {
     pub sample_every: Duration,
     /// The scheduler's lease key, for "which replica leads".
     pub lease_name: String,
+    /// The job kinds this build runs, which the queue page may limit (empty: any).
+    pub kinds: Vec<String>,
 }
 
 impl WebOptions {
@@ -43,6 +45,7 @@ impl WebOptions {
             token: None,
             sample_every: Duration::from_secs(2),
             lease_name: scheduler::DEFAULT_LEASE_NAME.to_owned(),
+            kinds: Vec::new(),
         }
     }
 }
@@ -78,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/queues/{queue}", get(pages::queue::show))
         .route("/queues/{queue}/pause", post(pages::control::pause))
         .route("/queues/{queue}/resume", post(pages::control::resume))
+        .route("/queues/{queue}/limits", post(pages::limits::change))
         .route("/queues/{queue}/dlq", get(pages::dlq::show))
         .route("/queues/{queue}/dlq/groups", get(pages::groups::show))
         .route("/queues/{queue}/dlq/entry", get(pages::entry::show))
@@ -141,11 +145,17 @@ async fn headers(req: Request, next: Next) -> Response {
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     // `same-origin`, not `no-referrer`: under `no-referrer` browsers send `Origin: null` on
     // form POSTs, which the guard must refuse as cross-site.
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -166,6 +176,9 @@ mod tests {
         let err = check_bind(any, None).unwrap_err();
         assert!(err.to_string().contains("JOBFLEET_WEB_TOKEN"), "{err}");
         assert!(check_bind(any, Some("s3cret-long-enough")).is_ok());
-        assert!(matches!(check_bind(lo, Some("  ")), Err(WebError::EmptyToken)));
+        assert!(matches!(
+            check_bind(lo, Some("  ")),
+            Err(WebError::EmptyToken)
+        ));
     }
 }

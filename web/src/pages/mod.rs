@@ -9,6 +9,7 @@ pub mod entry;
 pub mod form;
 pub mod groups;
 pub mod job;
+pub mod limits;
 pub mod login;
 pub mod overview;
 pub mod queue;

@@ -1,4 +1,5 @@
-//! One queue: its numbers, the depth and throughput charts of the last hour, the way into its
+//! One queue: its numbers, the depth and throughput charts of the last hour, pause/resume, the
+//! fleet-wide limits of the queue and its kinds ([`crate::pages::limits`]), the way into its
 //! DLQ (browser, error groups, failures of the last hour) and the replays and purges started
 //! here.
 
@@ -27,6 +28,7 @@ pub async fn show(
     let c = snap.queues.get(&queue).map(cells).unwrap_or_default();
     let cell = |f: &str| c.get(f).cloned().unwrap_or_else(|| "-".into());
     let tasks = st.tasks.of_queue(&queue);
+    let limits = crate::pages::limits::section(&st, &viewer, &queue).await;
     let body = html! {
         dl.facts data-live="/live" {
             dt { "priority" } dd { (qc.priority.as_str()) " (pool " (qc.min) "–" (qc.max) ", " (qc.jobs_per_slot) " jobs per slot)" }
@@ -66,6 +68,8 @@ pub async fn show(
             img data-chart src={ "/chart/" (q(&queue)) "/depth" } alt="depth over the last hour" width="640" height="160";
             img data-chart src={ "/chart/" (q(&queue)) "/rate" } alt="jobs per second over the last hour" width="640" height="160";
         }
+        h2 #limits { "Limits" }
+        (limits)
         h2 { "Dead letters" }
         p {
             a href={ "/queues/" (q(&queue)) "/dlq" } { "Browse the DLQ" } " · "
@@ -94,7 +98,6 @@ pub async fn show(
     };
     Ok(page(&viewer, &format!("Queue {queue}"), Nav::None, body))
 }
-
 
 /// `GET /chart/{queue}/{depth|rate}`: the SVG.
 pub async fn chart(

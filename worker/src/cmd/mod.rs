@@ -80,7 +80,7 @@ impl Cmd {
             Cmd::Limit(args) => limit::execute(&cfg, &settings, &args).await,
             Cmd::Limits(args) => limit::execute_list(&cfg, &args).await,
             Cmd::Dlq { cmd } => cmd.execute(&cfg).await,
-            Cmd::Web(args) => web::execute(cfg, &args).await,
+            Cmd::Web(args) => web::execute(cfg, &settings, &args).await,
             Cmd::Workers(args) => workers::execute(&cfg, &args).await,
             Cmd::Pause(args) => pause::execute_pause(&cfg, &args).await,
             Cmd::Resume(args) => pause::execute_resume(&cfg, &args).await,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use runtime::{Config, Shutdown};
 
 use crate::cmd::CliError;
+use crate::config::JobSettings;
 
 /// The environment variable holding the dashboard's sign-in token.
 pub const TOKEN_ENV: &str = "JOBFLEET_WEB_TOKEN";
@@ -27,8 +28,13 @@ pub struct Args {
 }
 
 /// Checks the bind policy, connects, serves until SIGTERM/SIGINT.
-pub async fn execute(cfg: Config, args: &Args) -> Result<(), CliError> {
+pub async fn execute(cfg: Config, settings: &JobSettings, args: &Args) -> Result<(), CliError> {
     let mut opts = ::web::WebOptions::new(args.addr);
+    // The kinds `worker limit` accepts, so the queue page limits exactly those.
+    opts.kinds = crate::app::validators(settings)?
+        .kinds()
+        .map(str::to_owned)
+        .collect();
     opts.read_only = args.read_only;
     opts.token = std::env::var(TOKEN_ENV).ok();
     opts.sample_every = args.sample_every;
