@@ -122,7 +122,10 @@ fn start_web(config: &Path, port: u16, extra: &[&str], token: Option<&str>) -> P
         if let Ok(Some(status)) = child.0.try_wait() {
             panic!("worker web exited early: {status}");
         }
-        assert!(Instant::now() < deadline, "worker web did not listen on {addr} within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "worker web did not listen on {addr} within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     child
@@ -145,7 +148,7 @@ where
             .spawn()
             .expect("spawn node (Debian's nodejs)"),
     );
-    let mut stdin = child.0.stdin.take().unwrap();
+    let mut stdin = Some(child.0.stdin.take().unwrap());
     let stdout = BufReader::new(child.0.stdout.take().unwrap());
     let mut out = Vec::new();
     for line in stdout.lines() {
@@ -153,8 +156,13 @@ where
         println!("browser: {line}");
         if let Some(step) = line.strip_prefix("STEP ") {
             on_step(step.to_owned()).await;
-            writeln!(stdin, "OK").unwrap();
-            stdin.flush().unwrap();
+            let pipe = stdin.as_mut().expect("no step after DONE");
+            writeln!(pipe, "OK").unwrap();
+            pipe.flush().unwrap();
+        }
+        if line == "DONE" {
+            // Nothing more to answer: closing stdin lets the script's process end.
+            stdin = None;
         }
         out.push(line);
     }
@@ -175,9 +183,21 @@ where
 {
     let deadline = Instant::now() + limit;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The row of `worker limits --json` for `kind`, if a limit is in force.
+fn cli_limit(config: &Path, kind: &str) -> Option<serde_json::Value> {
+    let out = worker(config, &["limits", "--json"]).output().unwrap();
+    assert!(out.status.success(), "worker limits --json: {out:?}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.into_iter()
+        .find(|r| r["scope"] == "kind" && r["name"] == kind)
 }
 
 fn once(kind: &str, queue: &str, payload: serde_json::Value) -> Envelope {
@@ -296,6 +316,43 @@ async fn dashboard_in_a_browser(backend: BackendKind) {
                     })
                     .await;
                 }
+                "limited" => {
+                    // The command reads what the page wrote: the page and the CLI agree.
+                    let row = cli_limit(&config, "diag_sleep").expect("worker limits lists the kind's limit");
+                    assert_eq!(row["rate"], "600/min", "{row}");
+                    assert_eq!(row["concurrency"], 3, "{row}");
+                    assert_eq!(row["override_rate"], "600/min", "{row}");
+                    assert!(row["set_by"].as_str().unwrap().ends_with("(web)"), "{row}");
+                    let audited: Vec<(String, serde_json::Value)> = sqlx::query_as(
+                        "SELECT actor, detail FROM jobfleet.audit_log WHERE action = 'limit_set' AND target = 'kind:diag_sleep'",
+                    )
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                    assert_eq!(audited.len(), 1, "one audit row per change: {audited:?}");
+                    assert!(audited[0].0.ends_with("(web)"), "{audited:?}");
+                    assert_eq!(audited[0].1["now"]["rate"], "600/min", "{audited:?}");
+                    assert_eq!(audited[0].1["now"]["concurrency"], 3, "{audited:?}");
+                }
+                "unlimited" => {
+                    assert!(cli_limit(&config, "diag_sleep").is_none(), "the override is gone for the CLI too");
+                    let cleared: Vec<(String,)> = sqlx::query_as(
+                        "SELECT actor FROM jobfleet.audit_log WHERE action = 'limit_clear' AND target = 'kind:diag_sleep'",
+                    )
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                    assert_eq!(cleared.len(), 1, "{cleared:?}");
+                    assert!(cleared[0].0.ends_with("(web)"), "{cleared:?}");
+                    // The refused bad rate wrote nothing.
+                    let n: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM jobfleet.audit_log WHERE target = 'kind:diag_sleep'",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                    assert_eq!(n, 2, "set and clear only");
+                }
                 other => panic!("unknown step {other}"),
             }
         }
@@ -312,20 +369,21 @@ async fn dashboard_in_a_browser(backend: BackendKind) {
         "the replayed job left the DLQ"
     );
     assert_eq!(broker.depth(&queue).await.unwrap().dead_lettered, 2);
-    let audit: Vec<(String, String, Option<serde_json::Value>)> = sqlx::query_as(
-        "SELECT actor, action, counts FROM jobfleet.audit_log WHERE target = $1",
-    )
-    .bind(&queue)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let audit: Vec<(String, String, Option<serde_json::Value>)> =
+        sqlx::query_as("SELECT actor, action, counts FROM jobfleet.audit_log WHERE target = $1")
+            .bind(&queue)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     let replay: Vec<_> = audit.iter().filter(|a| a.1 == "dlq_replay").collect();
     assert_eq!(replay.len(), 1, "{audit:?}");
     assert!(replay[0].0.ends_with("(web)"), "{audit:?}");
     assert_eq!(replay[0].2.as_ref().unwrap()["done"], 1, "{audit:?}");
     for action in ["pause", "resume"] {
         assert!(
-            audit.iter().any(|a| a.1 == action && a.0.ends_with("(web)")),
+            audit
+                .iter()
+                .any(|a| a.1 == action && a.0.ends_with("(web)")),
             "{action} is in the audit log with who: {audit:?}"
         );
     }
@@ -340,13 +398,26 @@ async fn dashboard_in_a_browser(backend: BackendKind) {
         .clone();
     browse(&["readonly", &ro_base, &queue, &some_id], |_| async {}).await;
     drop(ro);
-    assert_eq!(broker.depth(&queue).await.unwrap().dead_lettered, 2, "read-only changed nothing");
+    assert_eq!(
+        broker.depth(&queue).await.unwrap().dead_lettered,
+        2,
+        "read-only changed nothing"
+    );
 
     // With a token: a login form, a session cookie that scripts cannot read.
     let tk_port = free_port();
     let token = "test-token-0123456789abcdef";
     let tk = start_web(&config, tk_port, &[], Some(token));
-    browse(&["token", &format!("http://127.0.0.1:{tk_port}"), &queue, token], |_| async {}).await;
+    browse(
+        &[
+            "token",
+            &format!("http://127.0.0.1:{tk_port}"),
+            &queue,
+            token,
+        ],
+        |_| async {},
+    )
+    .await;
     drop(tk);
 
     drop(running.lock().unwrap().take());
@@ -369,7 +440,8 @@ async fn dashboard_in_a_browser_on_redis() {
 #[test]
 fn non_loopback_without_a_token_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = BrokerConfig::new(BackendKind::Memory, "memory://");
+    // It refuses before connecting anything; the config still names a real backend.
+    let cfg = BrokerConfig::new(BackendKind::Postgres, PG_BASE);
     let config = write_config(dir.path(), &cfg, PG_BASE, "webrefuse", free_port());
     let out = worker(&config, &["web", "--addr", "0.0.0.0:0"])
         .output()

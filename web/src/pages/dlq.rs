@@ -70,6 +70,34 @@ pub async fn show(
         let sep = if qs.is_empty() { "" } else { "&" };
         format!("{base}?{qs}{sep}cursor={}&limit={limit}", q(c))
     });
+    let table = html! {
+        table.dlq {
+            thead { tr {
+                @if viewer.can_act() { th { input type="checkbox" data-select-all aria-label="select all"; } }
+                th { "id" } th { "kind" } th { "attempts" } th { "dead-lettered" } th { "reason" }
+            } }
+            tbody {
+                @for e in &found.entries {
+                    tr {
+                        @if viewer.can_act() { td { input type="checkbox" name="id" value=(e.id) aria-label={ "select " (e.id) }; } }
+                        td { a href={ (base) "/entry?id=" (q(&e.id)) } { code { (e.id) } } }
+                        @match &e.envelope {
+                            Some(env) => {
+                                td { (env.kind) }
+                                td { (env.errors.len()) " (" (env.attempt) "/" (env.max_attempts) ")" }
+                            }
+                            None => { td.muted { "(malformed)" } td { "-" } }
+                        }
+                        td { (when(e.dead_lettered_at)) }
+                        td.reason { (one_line(&e.reason, 140)) }
+                    }
+                }
+                @if found.entries.is_empty() {
+                    tr { td.muted colspan="6" { "no matching entries" } }
+                }
+            }
+        }
+    };
     let body = html! {
         p {
             a href={ "/queues/" (q(&queue)) } { "← queue " (queue) } " · "
@@ -81,10 +109,11 @@ pub async fn show(
             (found.scanned) " looked at"
             @if p.cursor.is_some() { " · " a href=(first_link) { "first page" } }
         }
-        form id="act" method="post" action={ (base) "/plan" } {
-            (csrf(&viewer))
-            (p.filter.hidden())
-            @if viewer.can_act() {
+        // Read-only: the table alone, with no form that could be posted.
+        @if viewer.can_act() {
+            form id="act" method="post" action={ (base) "/plan" } {
+                (csrf(&viewer))
+                (p.filter.hidden())
                 div.actions {
                     button type="submit" name="do" value="replay-selected" { "Replay selected" }
                     button type="submit" name="do" value="purge-selected" class="danger" { "Purge selected" }
@@ -92,33 +121,10 @@ pub async fn show(
                     button type="submit" name="do" value="purge-matching" class="danger" { "Purge all matching…" }
                     span.muted { "Each shows a dry-run count first." }
                 }
+                (table)
             }
-            table.dlq {
-                thead { tr {
-                    @if viewer.can_act() { th { input type="checkbox" data-select-all aria-label="select all"; } }
-                    th { "id" } th { "kind" } th { "attempts" } th { "dead-lettered" } th { "reason" }
-                } }
-                tbody {
-                    @for e in &found.entries {
-                        tr {
-                            @if viewer.can_act() { td { input type="checkbox" name="id" value=(e.id) aria-label={ "select " (e.id) }; } }
-                            td { a href={ (base) "/entry?id=" (q(&e.id)) } { code { (e.id) } } }
-                            @match &e.envelope {
-                                Some(env) => {
-                                    td { (env.kind) }
-                                    td { (env.errors.len()) " (" (env.attempt) "/" (env.max_attempts) ")" }
-                                }
-                                None => { td.muted { "(malformed)" } td { "-" } }
-                            }
-                            td { (when(e.dead_lettered_at)) }
-                            td.reason { (one_line(&e.reason, 140)) }
-                        }
-                    }
-                    @if found.entries.is_empty() {
-                        tr { td.muted colspan="6" { "no matching entries" } }
-                    }
-                }
-            }
+        } @else {
+            (table)
         }
         @if let Some(next) = &next_link {
             p { a.next href=(next) { "Next page →" } }
@@ -126,4 +132,3 @@ pub async fn show(
     };
     Ok(page(&viewer, &format!("DLQ of {queue}"), Nav::None, body))
 }
-

@@ -11,7 +11,8 @@ import { createInterface } from 'node:readline';
 import { mkdirSync } from 'node:fs';
 
 const [mode, base, queue, extra, shots] = process.argv.slice(2);
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+const rl = createInterface({ input: process.stdin });
+const lines = rl[Symbol.asyncIterator]();
 async function step(name) {
   console.log(`STEP ${name}`);
   const { value, done } = await lines.next();
@@ -138,6 +139,30 @@ try {
     await Promise.all([page.waitForNavigation(), page.click('button[name="resume"]')]);
     check((await page.textContent('div.pause')).includes('Receiving'), 'the queue page shows it resumed');
     await step('resumed');
+
+    // Limits of the kind, on the queue page: set, a bad rate refused, cleared — the same
+    // functions as `worker limit`, each change audited with the signed-in user.
+    await page.goto(`${base}/queues/${q}`);
+    const kindRow = page.locator('table.limits tr[data-scope="kind:diag_sleep"]');
+    const lim = async (f) => (await kindRow.locator(`[data-l="${f}"]`).textContent()).trim();
+    check((await kindRow.count()) === 1, 'the queue page lists the limit of a kind routed to it');
+    check((await page.locator(`table.limits tr[data-scope="queue:${queue}"]`).count()) === 1, 'and the limit of the queue itself');
+    check(await lim('rate') === 'unlimited' && await lim('concurrency') === 'unlimited', 'diag_sleep starts unlimited');
+    await kindRow.locator('input[name="rate"]').fill('600/min');
+    await kindRow.locator('input[name="concurrency"]').fill('3');
+    await Promise.all([page.waitForNavigation(), kindRow.locator('button[value="set"]').click()]);
+    check(await lim('rate') === '600/min' && await lim('concurrency') === '3', `the limit in force is shown (${await lim('rate')}, ${await lim('concurrency')})`);
+    check((await lim('set_by')).includes('(web)'), 'set by the dashboard user');
+    await shot('limits');
+    await step('limited');
+    await kindRow.locator('input[name="rate"]').fill('5/fortnight');
+    const [bad] = await Promise.all([page.waitForNavigation(), kindRow.locator('button[value="set"]').click()]);
+    check(bad.status() === 400 && (await page.textContent('main')).includes('5/fortnight'), `a bad rate is refused, naming it (${bad.status()})`);
+    await page.goto(`${base}/queues/${q}`);
+    check(await lim('rate') === '600/min', 'the refused change changed nothing');
+    await Promise.all([page.waitForNavigation(), kindRow.locator('button[value="clear"]').click()]);
+    check(await lim('rate') === 'unlimited' && await lim('concurrency') === 'unlimited', 'clearing the override leaves it unlimited');
+    await step('unlimited');
     await page.goto(`${base}/workers`);
     check((await page.textContent('table.workers')).includes('web-test-worker'), 'the workers page lists the running worker');
     await shot('workers');
@@ -148,20 +173,28 @@ try {
     const audit = await page.textContent('table.audit');
     check(audit.includes('dlq_replay') && audit.includes('(web)'), 'the audit log names the replay and who did it');
     check(audit.includes('pause') && audit.includes('resume'), 'the audit log has the pause and the resume');
+    check(audit.includes('limit_set') && audit.includes('limit_clear'), 'the audit log has the limit changes');
     await shot('audit');
     // The refused POST above and a missing favicon log resource errors; a CSP violation would
     // mean a page needs inline script or style.
     const csp = errors.filter((e) => e.includes('Content Security Policy'));
     check(csp.length === 0, `no Content-Security-Policy violation: ${JSON.stringify(csp)}`);
   } else if (mode === 'readonly') {
+    // An action is a POST form or any button outside a GET form (the DLQ filter's "Filter"
+    // button only reloads the page with a query string).
+    const actions = async () => (await page.locator('main form[method="post"]').count())
+      + (await page.locator('main button').evaluateAll((bs) => bs.filter((b) => b.closest('form')?.getAttribute('method') !== 'get').length));
     await page.goto(`${base}/queues/${q}/dlq`);
     check((await page.locator('.banner').textContent()).includes('Read-only'), 'read-only banner');
-    check((await page.locator('main button').count()) === 0, 'no action button on the DLQ page');
-    check((await page.locator('input[name="id"]').count()) === 0, 'no selection boxes');
+    check(await actions() === 0, 'no action button on the DLQ page');
+    check((await page.locator('main input[type="checkbox"]').count()) === 0, 'no selection boxes');
+    check(await post(`/queues/${q}/limits`, { scope: 'kind', name: 'diag_sleep', rate: '1/s', do: 'set' }, true) === 403, 'a limit change is refused read-only');
     const status = await post(`/queues/${q}/dlq/plan`, { do: 'purge-matching' }, true);
     check(status === 403, `a POST with a valid CSRF token is refused read-only (${status})`);
     await page.goto(`${base}/queues/${q}/dlq/entry?id=${encodeURIComponent(extra)}`);
-    check((await page.locator('main button').count()) === 0, 'no action button on the entry page');
+    check(await actions() === 0, 'no action button on the entry page');
+    await page.goto(`${base}/queues/${q}`);
+    check((await page.locator('table.limits').count()) === 1 && await actions() === 0, 'the queue page shows the limits, no action button');
   } else if (mode === 'token') {
     const r = await page.goto(`${base}/`);
     check(page.url().endsWith('/login'), 'unsigned-in visit goes to the login form');
@@ -183,4 +216,7 @@ try {
   console.log('DONE');
 } finally {
   await browser.close();
+  // An open stdin keeps node running, and the test waits for this process to end.
+  rl.close();
+  process.stdin.destroy();
 }
