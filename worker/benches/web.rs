@@ -40,9 +40,18 @@ fn args() -> Args {
     while let Some(k) = it.next() {
         match k.as_str() {
             "--entries" => a.entries = it.next().and_then(|v| v.parse().ok()).expect("--entries N"),
-            "--sessions" => a.sessions = it.next().and_then(|v| v.parse().ok()).expect("--sessions N"),
+            "--sessions" => {
+                a.sessions = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--sessions N")
+            }
             "--window" => {
-                a.window = Duration::from_secs(it.next().and_then(|v| v.parse().ok()).expect("--window SECS"))
+                a.window = Duration::from_secs(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--window SECS"),
+                )
             }
             "--backend" => {
                 a.backends = vec![match it.next().as_deref() {
@@ -68,12 +77,19 @@ fn reason(i: usize) -> String {
 }
 
 fn body(queue: &str, i: usize) -> (String, String) {
-    let mut env = Envelope::new(format!("kind_{}", i % 5), queue, json!({"n": i, "pad": "x".repeat(200)}));
+    let mut env = Envelope::new(
+        format!("kind_{}", i % 5),
+        queue,
+        json!({"n": i, "pad": "x".repeat(200)}),
+    );
     env.max_attempts = 3;
     for _ in 0..3 {
         env.record_failure(reason(i), "bench/1");
     }
-    (env.id.clone(), String::from_utf8(env.to_bytes().to_vec()).unwrap())
+    (
+        env.id.clone(),
+        String::from_utf8(env.to_bytes().to_vec()).unwrap(),
+    )
 }
 
 async fn seed_postgres(url: &str, ns: &str, queue: &str, n: usize) {
@@ -100,14 +116,20 @@ async fn seed_postgres(url: &str, ns: &str, queue: &str, n: usize) {
         .await
         .unwrap();
     }
-    sqlx::query("ANALYZE jobfleet.dead_letters").execute(&pool).await.unwrap();
+    sqlx::query("ANALYZE jobfleet.dead_letters")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
 }
 
 async fn seed_redis(ns: &str, queue: &str, n: usize) {
     let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let (dlq, index) = (format!("{ns}:{queue}:dlq"), format!("{ns}:{queue}:dlq:index"));
+    let (dlq, index) = (
+        format!("{ns}:{queue}:dlq"),
+        format!("{ns}:{queue}:dlq:index"),
+    );
     for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {
         let mut p = redis::pipe();
         for &i in chunk {
@@ -148,7 +170,11 @@ async fn cleanup_redis(ns: &str, queue: &str) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -161,7 +187,13 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 fn machine_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    stat.lines().next().unwrap().split_whitespace().skip(1).filter_map(|v| v.parse::<u64>().ok()).sum()
+    stat.lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -195,9 +227,15 @@ async fn run_backend(kind: BackendKind, a: &Args, out: &mut Outcome) {
     let name = kind.as_str();
     let ns = format!("jfwb{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let queue = "webbench".to_owned();
-    let db_name = format!("jfwebbench_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let db_name = format!(
+        "jfwebbench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let admin = sqlx::PgPool::connect(PG_BASE).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
     let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
     let mut broker_cfg = match kind {
         BackendKind::Postgres => BrokerConfig::new(kind, db_url.clone()),
@@ -209,12 +247,19 @@ async fn run_backend(kind: BackendKind, a: &Args, out: &mut Outcome) {
         BackendKind::Postgres => seed_postgres(&db_url, &ns, &queue, a.entries).await,
         _ => seed_redis(&ns, &queue, a.entries).await,
     }
-    eprintln!("{name}: seeded {} DLQ entries in {:.1} s", a.entries, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "{name}: seeded {} DLQ entries in {:.1} s",
+        a.entries,
+        t0.elapsed().as_secs_f64()
+    );
     let broker: Arc<dyn Broker> = queues::connect(&broker_cfg).await.unwrap();
     let depth = broker.depth(&queue).await.unwrap().dead_lettered;
     assert_eq!(depth, a.entries as u64, "{name}: DLQ depth after seeding");
     let first = broker.dlq_list(&queue, 1, None).await.unwrap().entries;
-    assert!(first[0].envelope.is_some(), "{name}: seeded entries read back as envelopes");
+    assert!(
+        first[0].envelope.is_some(),
+        "{name}: seeded entries read back as envelopes"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("web.toml");
@@ -251,7 +296,9 @@ async fn run_backend(kind: BackendKind, a: &Args, out: &mut Outcome) {
     let mut peer = Vec::new();
     for _ in 0..20 {
         let s = Instant::now();
-        let p = queues::dlq::list_matching(&*broker, &queue, &filter, 50, None).await.unwrap();
+        let p = queues::dlq::list_matching(&*broker, &queue, &filter, 50, None)
+            .await
+            .unwrap();
         assert_eq!(p.entries.len(), 50);
         peer.push(ms(s.elapsed()));
     }
@@ -259,14 +306,18 @@ async fn run_backend(kind: BackendKind, a: &Args, out: &mut Outcome) {
     let filtered = format!("{base}/queues/{queue}/dlq?error=does+not+exist&kind=kind_3");
     let (filt_p50, _) = time_get(&client, &filtered, 10).await;
     // Group by error over all entries, and its peer: walking the same pages without grouping.
-    let (groups_p50, groups_max) = time_get(&client, &format!("{base}/queues/{queue}/dlq/groups"), 5).await;
+    let (groups_p50, groups_max) =
+        time_get(&client, &format!("{base}/queues/{queue}/dlq/groups"), 5).await;
     let mut walk = Vec::new();
     for _ in 0..3 {
         let s = Instant::now();
         let mut cursor: Option<String> = None;
         let mut n = 0;
         loop {
-            let p = broker.dlq_list(&queue, 500, cursor.as_deref()).await.unwrap();
+            let p = broker
+                .dlq_list(&queue, 500, cursor.as_deref())
+                .await
+                .unwrap();
             n += p.entries.len();
             match p.next_cursor {
                 Some(c) => cursor = Some(c),
@@ -285,10 +336,13 @@ async fn run_backend(kind: BackendKind, a: &Args, out: &mut Outcome) {
         groups_p50 / walk_p50
     );
     if page_p50 >= 300.0 {
-        out.failed.push(format!("{name}: first DLQ page {page_p50:.1} ms >= 300 ms"));
+        out.failed
+            .push(format!("{name}: first DLQ page {page_p50:.1} ms >= 300 ms"));
     }
     if groups_p50 >= 2000.0 {
-        out.failed.push(format!("{name}: group-by-error {groups_p50:.0} ms >= 2000 ms"));
+        out.failed.push(format!(
+            "{name}: group-by-error {groups_p50:.0} ms >= 2000 ms"
+        ));
     }
 
     // CPU: idle, then with live sessions open.
@@ -303,42 +357,62 @@ async fn run_backend(kind: BackendKind, a: &Args, out: &mut Outcome) {
             (p1 - p0) as f64 / ((m1 - m0) as f64).max(1.0) * 100.0
         }
     };
-    let _ = cores;
     let idle = measure(a.window).await;
+    // Snapshots the sessions received, so the window is known to have had live traffic.
+    let events = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut sessions = Vec::new();
     for _ in 0..a.sessions {
-        let (client, base, queue) = (client.clone(), base.clone(), queue.clone());
+        let (client, base, queue, events) =
+            (client.clone(), base.clone(), queue.clone(), events.clone());
         sessions.push(tokio::spawn(async move {
             let mut resp = client.get(format!("{base}/live")).send().await.unwrap();
-            let mut events = 0usize;
             let mut last_chart = Instant::now() - Duration::from_secs(10);
             loop {
                 match tokio::time::timeout(Duration::from_secs(1), resp.chunk()).await {
-                    Ok(Ok(Some(c))) => events += String::from_utf8_lossy(&c).matches("event: snapshot").count(),
+                    Ok(Ok(Some(c))) => {
+                        let n = String::from_utf8_lossy(&c)
+                            .matches("event: snapshot")
+                            .count();
+                        events.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Ok(_) => break,
                     Err(_) => {}
                 }
                 if last_chart.elapsed() >= Duration::from_secs(10) {
                     last_chart = Instant::now();
-                    let _ = client.get(format!("{base}/chart/{queue}/depth")).send().await.and_then(|r| Ok(r));
+                    if let Ok(r) = client
+                        .get(format!("{base}/chart/{queue}/depth"))
+                        .send()
+                        .await
+                    {
+                        let _ = r.bytes().await;
+                    }
                 }
             }
-            events
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = events.load(std::sync::atomic::Ordering::Relaxed);
     let busy = measure(a.window).await;
+    let received = events.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let added = busy - idle;
     for s in &sessions {
         s.abort();
     }
-    let added = busy - idle;
     println!(
-        "{name}: dashboard process CPU, share of the whole {cores}-core machine over {} s: idle {idle:.2}%, with {} live sessions {busy:.2}% (adds {added:.2}%)",
+        "{name}: dashboard process CPU, share of the whole {cores}-core machine over {} s: idle {idle:.2}%, with {} live sessions {busy:.2}% (adds {added:.2}%, i.e. {:.2}% of one core); {received} snapshots pushed to the sessions in the window",
         a.window.as_secs(),
-        a.sessions
+        a.sessions,
+        added * cores
     );
+    if received < a.sessions {
+        out.failed.push(format!("{name}: the live sessions received {received} snapshots: the CPU window had no live traffic"));
+    }
     if added >= 5.0 {
-        out.failed.push(format!("{name}: {} live sessions add {added:.2}% CPU >= 5%", a.sessions));
+        out.failed.push(format!(
+            "{name}: {} live sessions add {added:.2}% CPU >= 5%",
+            a.sessions
+        ));
     }
     let _ = web.kill();
     let _ = web.wait();
@@ -346,7 +420,12 @@ async fn run_backend(kind: BackendKind, a: &Args, out: &mut Outcome) {
         cleanup_redis(&ns, &queue).await;
     }
     drop(broker);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {db_name} WITH (FORCE)"))).execute(&admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {db_name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
 }
 
 #[tokio::main]
