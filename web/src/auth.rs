@@ -187,8 +187,11 @@ pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Resp
     let existing = cookie_id(req.headers()).and_then(|id| st.sessions.get(&id));
     let fresh = existing.is_none();
     let session = existing.unwrap_or_else(|| {
-        st.sessions
-            .create(if token_mode { None } else { Some(local_actor()) })
+        st.sessions.create(if token_mode {
+            None
+        } else {
+            Some(local_actor())
+        })
     });
     let at_login = path == "/login";
     let req = if req.method() == Method::POST {
@@ -256,11 +259,19 @@ mod tests {
     #[test]
     fn cookies_and_secrets() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, "a=1; jobfleet_session=abc; b=2".parse().unwrap());
+        h.insert(
+            header::COOKIE,
+            "a=1; jobfleet_session=abc; b=2".parse().unwrap(),
+        );
         assert_eq!(cookie_id(&h).as_deref(), Some("abc"));
         let c = cookie("abc").to_str().unwrap().to_owned();
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"), "{c}");
-        assert!(same_secret("abc", "abc") && !same_secret("abc", "abd") && !same_secret("abc", "ab"));
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
+        assert!(
+            same_secret("abc", "abc") && !same_secret("abc", "abd") && !same_secret("abc", "ab")
+        );
     }
 
     #[test]

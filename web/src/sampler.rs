@@ -127,7 +127,9 @@ impl Samples {
     fn rates(&self, queue: &str, succeeded: f64, failed: f64) -> (Option<f64>, Option<f64>) {
         let mut h = self.history.write().expect("samples lock");
         let now = Instant::now();
-        let prev = h.counters.insert(queue.to_owned(), (now, succeeded, failed));
+        let prev = h
+            .counters
+            .insert(queue.to_owned(), (now, succeeded, failed));
         match prev {
             // A counter that went down is a restarted worker: no rate for this interval.
             Some((t, s, f)) if succeeded >= s && failed >= f => {
@@ -199,12 +201,14 @@ pub async fn sample_once(st: &AppState, round: u64) {
     let previous = st.samples.latest();
     let mut out = BTreeMap::new();
     for name in st.cfg.queues.keys() {
-        let depth =
-            tokio::time::timeout(Duration::from_secs(5), st.broker.depth(name)).await;
+        let depth = tokio::time::timeout(Duration::from_secs(5), st.broker.depth(name)).await;
         let mut s = match depth {
             Ok(Ok(d)) => from_depth(d),
             Ok(Err(e)) => stale(previous.queues.get(name), e.to_string()),
-            Err(_) => stale(previous.queues.get(name), "depth read timed out (5 s)".into()),
+            Err(_) => stale(
+                previous.queues.get(name),
+                "depth read timed out (5 s)".into(),
+            ),
         };
         if fleet.from.is_some() {
             s.pool_target = fleet.target.get(name).copied();
@@ -213,8 +217,12 @@ pub async fn sample_once(st: &AppState, round: u64) {
             let failed = fleet.failed.get(name).copied().unwrap_or(0.0);
             (s.succeeded_per_s, s.failed_per_s) = st.samples.rates(name, succeeded, failed);
         } else {
-            (s.pool_target, s.pool_running, s.succeeded_per_s, s.failed_per_s) =
-                (None, None, None, None);
+            (
+                s.pool_target,
+                s.pool_running,
+                s.succeeded_per_s,
+                s.failed_per_s,
+            ) = (None, None, None, None);
         }
         s.paused = fleet.paused.as_ref().map(|p| p.contains_key(name));
         s.paused_by = fleet.paused.as_ref().and_then(|p| p.get(name).cloned());

@@ -81,7 +81,11 @@ impl Tasks {
     /// All tasks of `queue`, newest first.
     pub fn of_queue(&self, queue: &str) -> Vec<Task> {
         let all = self.all.lock().expect("tasks lock");
-        all.values().rev().filter(|t| t.queue == queue).cloned().collect()
+        all.values()
+            .rev()
+            .filter(|t| t.queue == queue)
+            .cloned()
+            .collect()
     }
 }
 

@@ -115,13 +115,19 @@ mod tests {
             ..Default::default()
         };
         let err = bad.parse().unwrap_err();
-        assert!(err.to_string().starts_with("error `(` is not a regex"), "{err}");
+        assert!(
+            err.to_string().starts_with("error `(` is not a regex"),
+            "{err}"
+        );
 
         let t = FilterSpec {
             since: Some("yesterday".into()),
             ..Default::default()
         };
-        assert_eq!(t.parse().unwrap_err(), FilterError::BadTime("yesterday".into()));
+        assert_eq!(
+            t.parse().unwrap_err(),
+            FilterError::BadTime("yesterday".into())
+        );
 
         let order = FilterSpec {
             since: Some("1h".into()),

@@ -122,7 +122,12 @@ pub async fn plan(
             }
         }
     };
-    Ok(page(&viewer, &format!("{} · dry run", queue), Nav::None, body))
+    Ok(page(
+        &viewer,
+        &format!("{} · dry run", queue),
+        Nav::None,
+        body,
+    ))
 }
 
 /// `POST /queues/{queue}/dlq/run`: starts the task and goes to its page.

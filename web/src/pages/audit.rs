@@ -40,4 +40,3 @@ pub async fn show(
     };
     Ok(page(&viewer, "Audit log", Nav::Audit, body))
 }
-

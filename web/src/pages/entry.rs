@@ -81,6 +81,10 @@ pub async fn show(
             pre.payload { (e.body) }
         }
     };
-    Ok(page(&viewer, &format!("DLQ entry {}", e.id), Nav::None, body))
+    Ok(page(
+        &viewer,
+        &format!("DLQ entry {}", e.id),
+        Nav::None,
+        body,
+    ))
 }
-

@@ -95,9 +95,13 @@ pub async fn show(
             }
         }
     };
-    Ok(page(&viewer, &format!("DLQ of {queue} by error"), Nav::None, body))
+    Ok(page(
+        &viewer,
+        &format!("DLQ of {queue} by error"),
+        Nav::None,
+        body,
+    ))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -98,4 +98,3 @@ pub async fn show(
     };
     Ok(page(&viewer, &format!("Job {id}"), Nav::Job, body))
 }
-

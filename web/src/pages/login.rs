@@ -66,7 +66,10 @@ pub async fn submit(
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return (
             StatusCode::BAD_REQUEST,
-            form(&viewer, Some("Give your name (up to 64 characters): the audit log records it.")),
+            form(
+                &viewer,
+                Some("Give your name (up to 64 characters): the audit log records it."),
+            ),
         )
             .into_response();
     }

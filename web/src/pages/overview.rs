@@ -62,7 +62,11 @@ fn live_json(s: &Snapshot) -> String {
     serde_json::to_string(&Live {
         round: s.round,
         at: when(s.at),
-        queues: s.queues.iter().map(|(k, v)| (k.as_str(), cells(v))).collect(),
+        queues: s
+            .queues
+            .iter()
+            .map(|(k, v)| (k.as_str(), cells(v)))
+            .collect(),
     })
     .expect("plain data serializes")
 }
@@ -118,7 +122,10 @@ async fn render(st: &AppState, viewer: &Viewer) -> Html<String> {
     page(viewer, "Queues", Nav::Overview, body)
 }
 
-pub async fn show(State(st): State<AppState>, Extension(viewer): Extension<Viewer>) -> Html<String> {
+pub async fn show(
+    State(st): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+) -> Html<String> {
     render(&st, &viewer).await
 }
 
@@ -130,7 +137,10 @@ pub async fn live(State(st): State<AppState>) -> impl IntoResponse {
             return None;
         }
         let data = live_json(&rx.borrow_and_update());
-        Some((Ok::<_, Infallible>(Event::default().event("snapshot").data(data)), (rx, false)))
+        Some((
+            Ok::<_, Infallible>(Event::default().event("snapshot").data(data)),
+            (rx, false),
+        ))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

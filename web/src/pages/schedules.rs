@@ -52,4 +52,3 @@ pub async fn show(
     };
     Ok(page(&viewer, "Schedules", Nav::Schedules, body))
 }
-

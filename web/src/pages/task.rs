@@ -1,9 +1,9 @@
 //! One replay or purge started here: progress while it runs (the page polls its JSON), then
 //! the replayed / skipped / failed summary.
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Json, Response};
-use axum::Extension;
 use maud::html;
 
 use crate::WebError;
@@ -68,9 +68,13 @@ pub async fn show(
             }
         }
     };
-    Ok(page(&viewer, &format!("Task {} · {}", t.id, t.kind.as_str()), Nav::None, body))
+    Ok(page(
+        &viewer,
+        &format!("Task {} · {}", t.id, t.kind.as_str()),
+        Nav::None,
+        body,
+    ))
 }
-
 
 /// `GET /tasks/{id}/json`: the task as the page's script polls it.
 pub async fn json(State(st): State<AppState>, Path(id): Path<String>) -> Response {

@@ -42,9 +42,11 @@ pub async fn list(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    Ok(queues::dlq::list_matching(broker, queue, filter, limit, None)
-        .await?
-        .entries)
+    Ok(
+        queues::dlq::list_matching(broker, queue, filter, limit, None)
+            .await?
+            .entries,
+    )
 }
 
 fn one_line(s: &str, max: usize) -> String {
