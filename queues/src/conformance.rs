@@ -77,6 +77,7 @@ macro_rules! conformance_suite {
             dead_letter_with_reason,
             dlq_list_pages_with_cursor,
             dlq_replay_and_purge_with_filters,
+            dlq_browse_filtered_pages_and_groups,
             replay_interrupted_loses_nothing,
             unknown_fields_survive_dlq_and_replay,
             malformed_bodies_are_dead_lettered,
@@ -505,6 +506,77 @@ pub async fn dlq_list_pages_with_cursor(h: &dyn Harness) -> anyhow::Result<()> {
         (3..=4).contains(&pages),
         "{pages} pages for 25 entries at 10 a page"
     );
+    Ok(())
+}
+
+/// Case: the dashboard's and `worker dlq list`'s browsing (`dlq::list_matching`): a filtered
+/// page can end inside a backend page and the next one resumes right after it, with nothing
+/// repeated or skipped; `dlq::group_by_error` counts the reasons with their numbers collapsed.
+pub async fn dlq_browse_filtered_pages_and_groups(h: &dyn Harness) -> anyhow::Result<()> {
+    let (b, q) = declared(h, "browse", Duration::from_secs(30)).await?;
+    fill_dlq(&*b, &q, 8, |i| {
+        let kind = if i % 2 == 0 { "even" } else { "odd" };
+        let reason = if i == 7 {
+            "timed out after 30s".to_owned()
+        } else {
+            format!("permanent: item {i} broken")
+        };
+        (Envelope::new(kind, &q, json!({ "n": i })), reason)
+    })
+    .await?;
+    depth_until(&*b, &q, "8 dead", |d| d.dead_lettered == 8).await?;
+    dlq_until(&*b, &q, 8).await?;
+
+    let only_odd = DlqFilter {
+        kind: Some("odd".into()),
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for round in 0.. {
+        ensure!(round < 10, "the filtered cursor never ends");
+        let p = dlq::list_matching(&*b, &q, &only_odd, 2, cursor.as_deref()).await?;
+        ensure!(p.entries.len() <= 2, "page of {}", p.entries.len());
+        seen.extend(p.entries.iter().map(|e| e.reason.clone()));
+        match p.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    seen.sort();
+    ensure!(
+        seen == [
+            "permanent: item 1 broken",
+            "permanent: item 3 broken",
+            "permanent: item 5 broken",
+            "timed out after 30s"
+        ],
+        "odd entries paged 2 at a time: {seen:?}"
+    );
+
+    let g = dlq::group_by_error(&*b, &q, &DlqFilter::default()).await?;
+    ensure!(g.matched == 8, "grouped {} of 8", g.matched);
+    ensure!(g.groups.len() == 2, "groups: {:?}", g.groups);
+    ensure!(
+        g.groups[0].signature == "permanent: item # broken" && g.groups[0].count == 7,
+        "biggest group first: {:?}",
+        g.groups[0]
+    );
+    ensure!(
+        g.groups[0].kinds == vec![("even".to_owned(), 4), ("odd".to_owned(), 3)],
+        "kinds of the group: {:?}",
+        g.groups[0].kinds
+    );
+    ensure!(
+        g.groups[1].signature == "timed out after #s" && g.groups[1].count == 1,
+        "{:?}",
+        g.groups[1]
+    );
+    let err = dlq::list_matching(&*b, &q, &only_odd, 2, Some("x"))
+        .await
+        .err()
+        .context("a malformed cursor is refused")?;
+    ensure!(err.to_string().contains("bad DLQ cursor `x`"), "{err}");
     Ok(())
 }
 

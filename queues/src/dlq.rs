@@ -1,10 +1,19 @@
 //! DLQ replay and purge, written once over [`DlqScan`] so every backend gets the same filters,
-//! rate limit, dry run and crash safety.
+//! rate limit, dry run and crash safety; the filter as operators type it ([`FilterSpec`]) and
+//! browsing with a cursor or grouped by error ([`list_matching`], [`group_by_error`]), shared
+//! by the CLI and the dashboard.
 //!
 //! Replay writes a batch to the source queue (confirmed by the broker) before it removes those
 //! entries from the DLQ, so a replay killed at any point loses nothing: at worst an entry is in
 //! both places and runs once more, which at-least-once jobs already allow.
 
+mod browse;
+mod spec;
+
+pub use browse::{ErrorGroup, ErrorGroups, MatchPage, group_by_error, list_matching, signature};
+pub use spec::{FilterError, FilterSpec, parse_time};
+
+use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -29,12 +38,19 @@ pub struct DlqFilter {
     pub until: Option<DateTime<Utc>>,
     /// Only entries that failed at least this many times.
     pub min_attempts: Option<u32>,
+    /// Only these entry ids (the dashboard's selection).
+    pub ids: Option<BTreeSet<String>>,
 }
 
 impl DlqFilter {
     /// Whether `e` passes every condition set. A malformed body (no envelope) passes only filters
     /// that don't look inside the envelope.
     pub fn matches(&self, e: &DlqEntry) -> bool {
+        if let Some(ids) = &self.ids
+            && !ids.contains(&e.id)
+        {
+            return false;
+        }
         if let Some(kind) = &self.kind
             && e.envelope.as_ref().map(|env| &env.kind) != Some(kind)
         {
@@ -83,6 +99,15 @@ impl DlqFilter {
         }
         if let Some(m) = &self.min_attempts {
             parts.push(format!("min_attempts={m}"));
+        }
+        if let Some(ids) = &self.ids {
+            let shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
+            let more = ids.len().saturating_sub(shown.len());
+            parts.push(if more > 0 {
+                format!("ids={} (+{more} more)", shown.join(","))
+            } else {
+                format!("ids={}", shown.join(","))
+            });
         }
         if parts.is_empty() {
             "all".into()

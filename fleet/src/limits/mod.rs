@@ -5,11 +5,13 @@
 //! Enforcement is a [`Limiter`] in each worker process: jobs take permits from it before their
 //! handler starts, and a background task leases the permits from PostgreSQL once per tick
 //! (tokens of a shared bucket, slots of a shared cap), so no job ever waits on a database round
-//! trip of its own. [`alloc`] holds the arithmetic, [`store`] the SQL, [`limiter`] the handle.
+//! trip of its own. [`alloc`] holds the arithmetic, [`store`] the SQL, [`limiter`] the handle,
+//! [`view`] the rows operators read (`worker limits`, the dashboard).
 
 pub mod alloc;
 pub mod limiter;
 pub mod store;
+pub mod view;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +20,7 @@ use runtime::config::{LimitConfig, LimitsConfig};
 
 pub use limiter::{Admission, Limiter, Permit, Timing};
 pub use store::Override;
+pub use view::LimitRow;
 
 /// What a limit applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

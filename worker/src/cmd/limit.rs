@@ -5,15 +5,13 @@
 //! before anything is written: a bad rate, a kind this build does not know or a queue the
 //! config lacks is exit code 2 with nothing changed.
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Utc};
 use comfy_table::Table;
-use fleet::limits::{Override, Scope, effective};
+use fleet::limits::Scope;
+pub use fleet::limits::view::LimitRow;
+use fleet::limits::view::source;
 use fleet::{Actor, Store};
 use runtime::Config;
-use runtime::config::{LimitConfig, Rate};
-use serde::Serialize;
+use runtime::config::Rate;
 
 use crate::cmd::CliError;
 use crate::config::JobSettings;
@@ -113,70 +111,6 @@ pub fn check(
     }))
 }
 
-/// One line of `worker limits`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct LimitRow {
-    /// `kind` or `queue`.
-    pub scope: String,
-    pub name: String,
-    /// In force: the override's field, else the config file's.
-    pub rate: Option<String>,
-    pub concurrency: Option<u32>,
-    /// From the config file.
-    pub config: LimitConfig,
-    /// The run-time override, when there is one.
-    pub override_rate: Option<String>,
-    pub override_concurrency: Option<u32>,
-    pub set_by: Option<String>,
-    pub set_at: Option<DateTime<Utc>>,
-    /// Concurrency slots the fleet holds now, and the workers holding a live lease.
-    pub slots_held: i64,
-    pub workers: i64,
-}
-
-/// The limits in force, with where each comes from and what the fleet holds of it.
-pub fn rows(cfg: &Config, overrides: &[Override], usage: &[(String, i64, i64)]) -> Vec<LimitRow> {
-    let by_scope: BTreeMap<&Scope, &Override> = overrides.iter().map(|o| (&o.scope, o)).collect();
-    let usage: BTreeMap<&str, (i64, i64)> = usage
-        .iter()
-        .map(|(k, h, w)| (k.as_str(), (*h, *w)))
-        .collect();
-    effective(&cfg.limits, overrides)
-        .into_iter()
-        .map(|(scope, l)| {
-            let config = match &scope {
-                Scope::Kind(k) => cfg.limits.kinds.get(k),
-                Scope::Queue(q) => cfg.limits.queue.get(q),
-            }
-            .copied()
-            .unwrap_or_default();
-            let o = by_scope.get(&scope);
-            let (slots_held, workers) = usage.get(scope.key().as_str()).copied().unwrap_or((0, 0));
-            LimitRow {
-                scope: scope.class().to_owned(),
-                name: scope.name().to_owned(),
-                rate: l.rate.map(|r| r.to_string()),
-                concurrency: l.concurrency,
-                config,
-                override_rate: o.and_then(|o| o.rate).map(|r| r.to_string()),
-                override_concurrency: o.and_then(|o| o.concurrency),
-                set_by: o.map(|o| o.set_by.clone()),
-                set_at: o.map(|o| o.set_at),
-                slots_held,
-                workers,
-            }
-        })
-        .collect()
-}
-
-fn source(config: bool, overridden: bool) -> &'static str {
-    match (config, overridden) {
-        (_, true) => "override",
-        (true, false) => "config",
-        (false, false) => "-",
-    }
-}
-
 /// The table (or JSON) of `worker limits`.
 pub fn render(rows: &[LimitRow], json: bool) -> String {
     if json {
@@ -264,9 +198,7 @@ pub async fn apply(
 
 /// The rows of `worker limits`.
 pub async fn list(cfg: &Config, store: &Store) -> Result<Vec<LimitRow>, CliError> {
-    let overrides = store.limit_overrides().await.map_err(failed)?;
-    let usage = store.limit_usage().await.map_err(failed)?;
-    Ok(rows(cfg, &overrides, &usage))
+    store.limit_rows(&cfg.limits).await.map_err(failed)
 }
 
 /// `worker limit ...`: checks, applies, prints what is in force now.
@@ -291,9 +223,7 @@ pub async fn execute(
         Change::Set { scope, .. } => ("set", scope),
         Change::Clear { scope } => ("override cleared", scope),
     };
-    let now = rows
-        .iter()
-        .find(|r| r.scope == scope.class() && r.name == scope.name());
+    let now = rows.iter().find(|r| r.is(scope));
     let in_force = match now {
         Some(r) => format!(
             "rate {}, concurrency {}",

@@ -14,6 +14,7 @@ pub mod pause;
 pub mod queues;
 pub mod run;
 pub mod search;
+pub mod web;
 pub mod workers;
 
 use runtime::Config;
@@ -48,6 +49,9 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: dlq::DlqCmd,
     },
+    /// The dashboard: queues, DLQ browser with replay/purge, schedules, audit (loopback by
+    /// default; elsewhere it needs JOBFLEET_WEB_TOKEN).
+    Web(web::Args),
     /// The fleet: every running worker process, its pools and counts, lost ones marked.
     Workers(workers::Args),
     /// Stop receiving from a queue on every worker (running jobs finish).
@@ -76,6 +80,7 @@ impl Cmd {
             Cmd::Limit(args) => limit::execute(&cfg, &settings, &args).await,
             Cmd::Limits(args) => limit::execute_list(&cfg, &args).await,
             Cmd::Dlq { cmd } => cmd.execute(&cfg).await,
+            Cmd::Web(args) => web::execute(cfg, &settings, &args).await,
             Cmd::Workers(args) => workers::execute(&cfg, &args).await,
             Cmd::Pause(args) => pause::execute_pause(&cfg, &args).await,
             Cmd::Resume(args) => pause::execute_resume(&cfg, &args).await,

@@ -96,43 +96,17 @@ pub async fn rows(
 }
 
 /// Reads `jobfleet_pool_target` from a worker's `/metrics` at `addr` (best effort: empty when
-/// nothing answers within half a second).
+/// nothing answers within half a second), through the dashboard's reader of the same page.
 pub async fn live_targets(addr: SocketAddr) -> BTreeMap<String, usize> {
-    let fetch = async {
-        // The admin port is local: a proxy from the environment must not be asked for it.
-        let client = reqwest::Client::builder().no_proxy().build().ok()?;
-        let resp = client
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .ok()?;
-        resp.error_for_status().ok()?.text().await.ok()
-    };
-    match tokio::time::timeout(Duration::from_millis(500), fetch).await {
-        Ok(Some(text)) => parse_targets(&text),
-        _ => BTreeMap::new(),
-    }
+    web::scrape::fetch(addr)
+        .await
+        .map(|m| m.pool_target)
+        .unwrap_or_default()
 }
 
 /// The `jobfleet_pool_target{queue="q"} N` samples of Prometheus text, by queue.
 pub fn parse_targets(text: &str) -> BTreeMap<String, usize> {
-    use prometheus_parse::{Scrape, Value};
-    let Ok(scrape) = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))) else {
-        return BTreeMap::new();
-    };
-    scrape
-        .samples
-        .into_iter()
-        .filter(|s| s.metric == "jobfleet_pool_target")
-        .filter_map(|s| {
-            let v = match s.value {
-                Value::Gauge(v) | Value::Untyped(v) | Value::Counter(v) => v,
-                _ => return None,
-            };
-            let queue = s.labels.get("queue")?.to_owned();
-            (v.is_finite() && v >= 0.0).then_some((queue, v as usize))
-        })
-        .collect()
+    web::scrape::parse(text).pool_target
 }
 
 fn age(secs: Option<f64>) -> String {

@@ -1,9 +1,8 @@
 //! The DLQ filter flags shared by `list`, `replay` and `purge` (defined once, flattened into
-//! each), and the time syntax they take.
+//! each). Parsing is `queues::dlq::FilterSpec`'s, the same the dashboard's filter form uses.
 
 use chrono::{DateTime, Utc};
-use queues::dlq::DlqFilter;
-use regex::Regex;
+use queues::dlq::{DlqFilter, FilterError, FilterSpec};
 
 use crate::cmd::CliError;
 
@@ -28,45 +27,36 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
+    /// The flags as the shared filter text.
+    pub fn spec(&self) -> FilterSpec {
+        FilterSpec {
+            kind: self.kind.clone(),
+            error: self.error.clone(),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            min_attempts: self.min_attempts,
+        }
+    }
+
     /// Parses into a [`DlqFilter`]; a bad regex or time is a usage error.
     pub fn parse(&self) -> Result<DlqFilter, CliError> {
-        let error = self
-            .error
-            .as_deref()
-            .map(|r| {
-                Regex::new(r)
-                    .map_err(|e| CliError::Usage(format!("--error `{r}` is not a regex: {e}")))
-            })
-            .transpose()?;
-        let since = self.since.as_deref().map(parse_time).transpose()?;
-        let until = self.until.as_deref().map(parse_time).transpose()?;
-        if let (Some(s), Some(u)) = (since, until)
-            && s >= u
-        {
-            return Err(CliError::Usage("--since must be before --until".into()));
-        }
-        Ok(DlqFilter {
-            kind: self.kind.clone(),
-            error,
-            since,
-            until,
-            min_attempts: self.min_attempts,
-        })
+        self.spec().parse().map_err(usage)
     }
+}
+
+/// The shared parser's refusal in the words of the flags.
+fn usage(e: FilterError) -> CliError {
+    CliError::Usage(match e {
+        FilterError::BadRegex { value, message } => {
+            format!("--error `{value}` is not a regex: {message}")
+        }
+        FilterError::SinceNotBeforeUntil => "--since must be before --until".into(),
+        other => other.to_string(),
+    })
 }
 
 /// A time on the command line: RFC 3339 (`2026-11-22T10:00:00Z`) or an age like `2h`, `30m`,
 /// `1d 6h` (that long ago).
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, CliError> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    let ago = humantime::parse_duration(s).map_err(|_| {
-        CliError::Usage(format!(
-            "`{s}` is not a time: use RFC 3339 (2026-11-22T10:00:00Z) or an age like 2h, 30m, 7d"
-        ))
-    })?;
-    let ago = chrono::Duration::from_std(ago)
-        .map_err(|_| CliError::Usage(format!("`{s}` is too far back")))?;
-    Ok(Utc::now() - ago)
+    queues::dlq::parse_time(s).map_err(usage)
 }

@@ -29,7 +29,8 @@ pub async fn execute(broker: &dyn Broker, cfg: &Config, args: &Args) -> Result<(
     Ok(())
 }
 
-/// Up to `limit` DLQ entries of `queue` that match `filter`, oldest first.
+/// Up to `limit` DLQ entries of `queue` that match `filter`, oldest first (the dashboard's
+/// first page, through the same `queues::dlq::list_matching`).
 pub async fn list(
     broker: &dyn Broker,
     cfg: &Config,
@@ -38,23 +39,14 @@ pub async fn list(
     limit: usize,
 ) -> Result<Vec<DlqEntry>, CliError> {
     check_queue(cfg, queue)?;
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = broker.dlq_list(queue, 200, cursor.as_deref()).await?;
-        for e in page.entries {
-            if out.len() >= limit {
-                return Ok(out);
-            }
-            if filter.matches(&e) {
-                out.push(e);
-            }
-        }
-        match page.next_cursor {
-            Some(c) if out.len() < limit => cursor = Some(c),
-            _ => return Ok(out),
-        }
+    if limit == 0 {
+        return Ok(Vec::new());
     }
+    Ok(
+        queues::dlq::list_matching(broker, queue, filter, limit, None)
+            .await?
+            .entries,
+    )
 }
 
 fn one_line(s: &str, max: usize) -> String {
