@@ -25,8 +25,6 @@ const INTERVAL_MS: u64 = 300;
 /// (scheduling, the refresh's queries): reported by each test, asserted with this margin.
 const SLACK_MS: u64 = 400;
 
-/// A port nothing listens on: bound, then let go.
-
 /// The broker of `backend`, on `db` when it is PostgreSQL (not the shared test database).
 async fn broker(backend: BackendKind, db: &FreshDb) -> TestBroker {
     let mut config = real_configs()
@@ -489,7 +487,6 @@ async fn cancel_on_rabbitmq() {
 async fn cancel_on_sqs() {
     cancel_on(BackendKind::Sqs).await;
 }
-
 
 async fn send_sleeps(tb: &TestBroker, q: &str, n: usize) {
     let batch: Vec<Envelope> = (0..n)

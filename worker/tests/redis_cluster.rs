@@ -213,8 +213,6 @@ fn spawn_worker(config: &Path, log: &Path) -> Proc {
     )
 }
 
-
-
 /// Distinct keys recorded for `run`, and all runs of them.
 async fn recorded(db: &sqlx::PgPool, run: &str) -> (i64, i64) {
     sqlx::query_as("SELECT count(DISTINCT key), count(*) FROM jobfleet_diag.runs WHERE run = $1")
@@ -283,7 +281,14 @@ async fn failover_mid_drain_loses_nothing_and_workers_stay_up() {
         .map(|(i, log)| {
             // Each worker is told a different first seed node.
             let url = cluster.url(cluster.base + i as u16);
-            let cfg = write_config(dir.path(), &url, &ns, &fresh.url, common::free_port(), &[&qa, &qb]);
+            let cfg = write_config(
+                dir.path(),
+                &url,
+                &ns,
+                &fresh.url,
+                common::free_port(),
+                &[&qa, &qb],
+            );
             spawn_worker(&cfg, log)
         })
         .collect();

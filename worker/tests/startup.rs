@@ -17,12 +17,6 @@ use queues::tcp_proxy::TcpProxy;
 const REDIS: &str = "redis://127.0.0.1:6379";
 const POSTGRES: &str = "127.0.0.1:5432";
 
-/// A port nothing listens on: bound, then let go.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn write_config(dir: &Path, broker_url: &str, database_url: &str, admin_port: u16) -> PathBuf {
     let q = unique_queue("startup");
     let ns = &uuid::Uuid::new_v4().simple().to_string()[..12];
@@ -98,7 +92,7 @@ fn run_to_exit(config: &Path, limit: Duration) -> (Option<i32>, String, Duration
 #[test]
 fn unreachable_database_or_broker_at_start_exits_1_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let port = closed_port();
+    let port = common::free_port();
     let db_url = format!("postgres://postgres:s3cret-pw@127.0.0.1:{port}/jobs");
     let cfg = write_config(dir.path(), REDIS, &db_url, 0);
     let (code, err, took) = run_to_exit(&cfg, Duration::from_secs(12));
@@ -118,7 +112,7 @@ fn unreachable_database_or_broker_at_start_exits_1_naming_it() {
         "gave up before the bound: {took:?}"
     );
 
-    let port = closed_port();
+    let port = common::free_port();
     let broker_url = format!("redis://:b4d-pw@127.0.0.1:{port}");
     let cfg = write_config(
         dir.path(),
@@ -135,7 +129,6 @@ fn unreachable_database_or_broker_at_start_exits_1_naming_it() {
     );
 }
 
-
 /// The database goes away under a running worker (a proxy in front of it is cut): `/readyz`
 /// turns 503 naming the database within a couple of sample intervals and the process keeps
 /// running; the database comes back: `/readyz` is 200 again.
@@ -143,7 +136,7 @@ fn unreachable_database_or_broker_at_start_exits_1_naming_it() {
 async fn database_outage_while_running_is_reported_by_readyz_not_fatal() {
     let proxy = TcpProxy::start(0, POSTGRES.parse().unwrap()).await.unwrap();
     let db_url = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port());
-    let admin = closed_port();
+    let admin = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), REDIS, &db_url, admin);
     let mut child = Proc(worker(&cfg, Stdio::inherit()).spawn().unwrap());
@@ -172,7 +165,10 @@ async fn database_outage_while_running_is_reported_by_readyz_not_fatal() {
     eprintln!("not ready {:?} after the cut: {last}", cut.elapsed());
     // Still not ready a while later, and still running: an outage is not fatal.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(matches!(common::http_get(admin, "/readyz").await, Some((503, _))));
+    assert!(matches!(
+        common::http_get(admin, "/readyz").await,
+        Some((503, _))
+    ));
     assert!(child.0.try_wait().unwrap().is_none(), "the worker exited");
 
     let _back = proxy.restart().await.unwrap();

@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -34,14 +33,6 @@ fn check_tooling() {
         browser_dir().join("node_modules/playwright-core").exists(),
         "playwright-core is missing: scripts/services.sh up runs `npm ci` in web/tests/browser"
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn write_config(dir: &Path, broker: &BrokerConfig, db: &str, queue: &str, admin: u16) -> PathBuf {
@@ -216,13 +207,13 @@ async fn dashboard_in_a_browser(backend: BackendKind) {
     broker_cfg.namespace = format!("jfw{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let queue = unique_queue("web");
     let dir = tempfile::tempdir().unwrap();
-    let admin = free_port();
+    let admin = common::free_port();
     let config = write_config(dir.path(), &broker_cfg, &db.url, &queue, admin);
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let schema = format!("webt_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let table = format!("{schema}.events");
 
-    let port = free_port();
+    let port = common::free_port();
     let web = start_web(&config, port, &[], None);
     let broker: Arc<dyn Broker> = queues::connect(&broker_cfg).await.unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -390,7 +381,7 @@ async fn dashboard_in_a_browser(backend: BackendKind) {
     drop(web);
 
     // --read-only: no action, and every POST refused even with a valid token.
-    let ro_port = free_port();
+    let ro_port = common::free_port();
     let ro = start_web(&config, ro_port, &["--read-only"], None);
     let ro_base = format!("http://127.0.0.1:{ro_port}");
     let some_id = broker.dlq_list(&queue, 1, None).await.unwrap().entries[0]
@@ -405,7 +396,7 @@ async fn dashboard_in_a_browser(backend: BackendKind) {
     );
 
     // With a token: a login form, a session cookie that scripts cannot read.
-    let tk_port = free_port();
+    let tk_port = common::free_port();
     let token = "test-token-0123456789abcdef";
     let tk = start_web(&config, tk_port, &[], Some(token));
     browse(
@@ -442,7 +433,7 @@ fn non_loopback_without_a_token_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     // It refuses before connecting anything; the config still names a real backend.
     let cfg = BrokerConfig::new(BackendKind::Postgres, PG_BASE);
-    let config = write_config(dir.path(), &cfg, PG_BASE, "webrefuse", free_port());
+    let config = write_config(dir.path(), &cfg, PG_BASE, "webrefuse", common::free_port());
     let out = worker(&config, &["web", "--addr", "0.0.0.0:0"])
         .output()
         .unwrap();
