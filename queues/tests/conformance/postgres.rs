@@ -270,8 +270,11 @@ mod specific {
         assert_eq!(got.len(), 1, "delayed job not received");
         assert!(chrono::Utc::now() >= run_at - chrono::Duration::milliseconds(100));
         let used = queries.load(Ordering::Relaxed) - before;
+        // A loop polling even every 200 ms would take 15 or more; on a loaded machine the
+        // timer can fire a little before the database's clock reaches run_at, which costs one
+        // more look (7 seen under the whole suite).
         assert!(
-            used <= 6,
+            used <= 8,
             "{used} statements waiting 1.5 s for a delayed job"
         );
         got[0].ack().await.expect("ack");
