@@ -4,8 +4,8 @@
 #  1. the raw queue layer (queues/benches/throughput.rs) with 6 queues: the single node on
 #     :6379 vs the 3-master cluster on :7000-7005 (scripts/services.sh up redis-cluster);
 #  2. the cost of `WAIT 1` after every send on the cluster (RedisBroker::with_replica_wait);
-#  3. the end-to-end drain of no-op jobs through the worker (worker/benches/drain.rs, what
-#     `worker run` runs) on the single node vs the cluster.
+#  3. the end-to-end drain of no-op jobs through the real `worker run` process (pool of 50,
+#     bench/lib/worker-drain.sh) on the single node vs the cluster, interleaved 3 times.
 #
 #   bench/cluster.sh [MESSAGES] [JOBS]        # defaults: 60000 30000
 set -euo pipefail
@@ -23,12 +23,18 @@ fail() { echo "bench/cluster.sh: FAILED: $*" >&2; exit 1; }
 scripts/services.sh up redis redis-cluster postgres >&2 || fail "services did not come up"
 cargo bench --locked -q -p jobfleet-queues --bench throughput --no-run >&2 || fail "building the throughput bench"
 cargo bench --locked -q -p jobfleet-worker --bench drain --no-run >&2 || fail "building the drain bench"
+cargo build --release --locked -q -p jobfleet-worker --bin worker >&2 || fail "building the release worker"
+WORKER="$CARGO_TARGET_DIR/release/worker"
+PG_URL="${JOBFLEET_BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 newest() { ls -t "$CARGO_TARGET_DIR"/release/deps/"$1"-* | grep -v '\.d$' | head -1; }
 THROUGHPUT=$(newest throughput)
 DRAIN=$(newest drain)
 
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+PORT=19390
+# shellcheck source=bench/lib/worker-drain.sh
+. "$ROOT/bench/lib/worker-drain.sh"
+trap '[ -n "$WPID" ] && kill -TERM "$WPID" 2>/dev/null; rm -rf "$TMP"' EXIT
 
 # rate LABEL FILE PHASE: the msgs/s figure of one phase line of the throughput bench.
 rate() { sed -n "s/^$2: .*= *\([0-9]*\) msgs\/s/\1/p" "$1"; }
@@ -47,14 +53,16 @@ raw single "$SINGLE"
 raw cluster "$CLUSTER"
 raw cluster-wait "$CLUSTER" --wait-replicas 1
 
-echo "== end-to-end drain through the worker: $JOBS no-op jobs, concurrency 50" >&2
-"$DRAIN" --backend redis --url "$SINGLE" --jobs "$JOBS" --concurrency 50 >"$TMP/drain-single.json" \
-  || fail "drain bench on the single node"
-"$DRAIN" --backend redis --url "$CLUSTER" --jobs "$JOBS" --concurrency 50 >"$TMP/drain-cluster.json" \
-  || fail "drain bench on the cluster"
+echo "== end-to-end drain through \`worker run\`: $JOBS no-op jobs, pool of 50, 3 rounds" >&2
+for r in 1 2 3; do
+  s=$(worker_drain single "$SINGLE" "$JOBS" 50) || fail "worker run drain on the single node"
+  c=$(worker_drain cluster "$CLUSTER" "$JOBS" 50) || fail "worker run drain on the cluster"
+  echo "round $r  single $s jobs/s  cluster $c jobs/s" >&2
+  echo "$s $c" >>"$TMP/drains.txt"
+done
 
 python3 - "$TMP" <<'PY'
-import json, re, sys, pathlib
+import re, statistics, sys, pathlib
 tmp = pathlib.Path(sys.argv[1])
 def phases(name):
     text = (tmp / f"{name}.txt").read_text()
@@ -75,11 +83,9 @@ for label in ("send", "receive+ack", "send+receive+ack"):
     print(f"{label:<20}{s:>10}{c:>10}{c/s:>7.2f}x{w:>16}{w/s:>7.2f}x")
 print(f"{'idle latency p50/p99':<20}{single['p50'] + '/' + single['p99']:>10}{cluster['p50'] + '/' + cluster['p99']:>10}"
       f"{'':>8}{wait['p50'] + '/' + wait['p99']:>16}  ms")
-ds = json.loads((tmp / "drain-single.json").read_text().strip().splitlines()[-1])
-dc = json.loads((tmp / "drain-cluster.json").read_text().strip().splitlines()[-1])
-print(f"\nend-to-end drain through the worker ({ds['jobs']} no-op jobs, concurrency {ds['concurrency']})")
-print(f"{'':<20}{'jobs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-for name, d in (("single node", ds), ("cluster", dc)):
-    print(f"{name:<20}{d['jobs_per_s']:>10}{d['p50_ms']:>10}{d['p99_ms']:>10}")
-print(f"cluster / single: {dc['jobs_per_s'] / ds['jobs_per_s']:.2f}x")
+rounds = [tuple(map(float, l.split())) for l in (tmp / "drains.txt").read_text().split("\n") if l.strip()]
+print(f"\nend-to-end drain through `worker run` ({len(rounds)} rounds, jobs/s each round)")
+print(f"{'single node':<20}" + "".join(f"{s:>10,.0f}" for s, _ in rounds))
+print(f"{'cluster':<20}" + "".join(f"{c:>10,.0f}" for _, c in rounds))
+print(f"cluster / single (median of the rounds): {statistics.median(c / s for s, c in rounds):.2f}x")
 PY

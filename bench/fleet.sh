@@ -4,7 +4,7 @@
 #   off      [fleet] enabled = false: no control plane at all (the peer)
 #   on       the control plane on, no limit configured
 #   limited  [limits.noop] rate = 6000000/min (100,000/s), far above the drain rate
-# Drain = first job acked .. JOBS acked, read from the worker's own /metrics every 20 ms.
+# Drain = first job done .. JOBS done, read from the worker's own /metrics (bench/lib/worker-drain.sh).
 # Targets: on >= 0.95 x off, limited >= 0.85 x off (medians of the per-round ratios); a miss
 # prints FAIL and exits 1.
 #
@@ -24,66 +24,18 @@ cargo bench --locked -q -p jobfleet-worker --bench drain --no-run >&2
 DRAIN=$(ls -t "$CARGO_TARGET_DIR"/release/deps/drain-* | grep -v '\.d$' | head -1)
 WORKER="$CARGO_TARGET_DIR/release/worker"
 TMP=$(mktemp -d)
-WPID=
-trap '[ -n "$WPID" ] && kill -TERM "$WPID" 2>/dev/null; rm -rf "$TMP"' EXIT
 PORT=19290
+# shellcheck source=bench/lib/worker-drain.sh
+. "$ROOT/bench/lib/worker-drain.sh"
+trap '[ -n "$WPID" ] && kill -TERM "$WPID" 2>/dev/null; rm -rf "$TMP"' EXIT
 
-# One drain: prints jobs/s.
+# One drain of a variant: prints jobs/s.
 drain() {
-  local variant=$1 ns="jffb$$${RANDOM}"
-  local extra=""
-  case $variant in
-    off) extra=$'[fleet]\nenabled = false' ;;
-    on) extra="" ;;
-    limited) extra=$'[limits.noop]\nrate = "6000000/min"' ;;
+  case $1 in
+    off) worker_drain off redis://127.0.0.1:6379 "$JOBS" "$CONC" $'[fleet]\nenabled = false' ;;
+    on) worker_drain on redis://127.0.0.1:6379 "$JOBS" "$CONC" ;;
+    limited) worker_drain limited redis://127.0.0.1:6379 "$JOBS" "$CONC" $'[limits.noop]\nrate = "6000000/min"' ;;
   esac
-  cat >"$TMP/$variant.toml" <<TOML
-[broker]
-backend = "redis"
-url = "redis://127.0.0.1:6379"
-namespace = "$ns"
-[database]
-url = "$PG_URL"
-[worker]
-budget = $CONC
-admin_addr = "127.0.0.1:$PORT"
-[queues.fleetbench]
-min = $CONC
-max = $CONC
-[routes]
-noop = "fleetbench"
-[scheduler]
-schedules = []
-$extra
-TOML
-  "$DRAIN" --backend redis --enqueue-only --jobs "$JOBS" --queue fleetbench --namespace "$ns" >/dev/null
-  RUST_LOG=warn "$WORKER" --config "$TMP/$variant.toml" run 2>"$TMP/$variant.log" &
-  WPID=$!
-  python3 - "$PORT" "$JOBS" <<'PY'
-import re, sys, time, urllib.request
-port, jobs = sys.argv[1], int(sys.argv[2])
-pat = re.compile(r'^jobfleet_jobs_succeeded_total\{[^}]*\} (\d+)', re.M)
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-first = None
-deadline = time.monotonic() + 600
-while time.monotonic() < deadline:
-    try:
-        text = opener.open(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
-    except OSError:
-        time.sleep(0.02)
-        continue
-    done = sum(int(n) for n in pat.findall(text))
-    now = time.monotonic()
-    if done > 0 and first is None:
-        first = now
-    if done >= jobs:
-        print(f"{jobs / (now - first):.0f}")
-        sys.exit(0)
-    time.sleep(0.02)
-sys.exit("FAIL: the drain did not finish within 600 s")
-PY
-  kill -TERM "$WPID"; wait "$WPID" || true; WPID=
-  PORT=$((PORT + 1))
 }
 
 echo "== $ROUNDS rounds of: drain $JOBS no-op jobs through \`worker run\` on Redis, pool of $CONC" >&2

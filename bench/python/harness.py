@@ -337,6 +337,24 @@ PEERS = {
 }
 
 
+# The most jobs a peer can drain from a pre-filled queue. apalis-redis 1.0's fetch script
+# unpacks every queued id at once and fails on 8,000 or more (`too many results to unpack`, Lua's
+# stack limit), so it is measured at 5,000, next to a jobfleet run of the same size in the same
+# round; its row and ratio say so by their job count.
+PEER_MAX_JOBS = {"apalis-redis": 5_000}
+
+
+def round_runs(peers, jobs, rnd):
+    """The (system, job count) runs of one round, back to back: jobfleet and every peer at the
+    full count, a capped peer next to a jobfleet run of its size; every other round starts from
+    the other end, so a slow minute hits both sides."""
+    runs = [("jobfleet", jobs)]
+    for p in peers:
+        n = min(jobs, PEER_MAX_JOBS.get(p, jobs))
+        runs += [("jobfleet", n), (p, n)] if n < jobs else [(p, jobs)]
+    return list(reversed(runs)) if rnd % 2 else runs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", required=True, help="the release `worker` binary")
@@ -378,17 +396,12 @@ def main():
         for conc in [int(c) for c in getattr(a, f"{broker}_concurrency").split(",")]:
             rounds = getattr(a, f"{broker}_rounds", None) or a.rounds
             for rnd in range(rounds):
-                # Interleaved: each round runs jobfleet and every peer back to back, starting
-                # from the other end every other round, so a slow minute hits both sides.
-                order = ["jobfleet"] + peers
-                if rnd % 2:
-                    order.reverse()
-                for impl in order:
-                    say(f"{broker} c={conc} round {rnd + 1}/{rounds}: {impl}, {jobs:,} jobs")
+                for impl, n in round_runs(peers, jobs, rnd):
+                    say(f"{broker} c={conc} round {rnd + 1}/{rounds}: {impl}, {n:,} jobs")
                     if impl == "jobfleet":
-                        r = run_jobfleet(a, side, broker, url, jobs, conc, rnd)
+                        r = run_jobfleet(a, side, broker, url, n, conc, rnd)
                     else:
-                        cmd, cwd = peer_cmd(a, impl, broker, jobs, conc)
+                        cmd, cwd = peer_cmd(a, impl, broker, n, conc)
                         try:
                             r = run_peer(impl, cmd, a.timeout + 300, cwd)
                         finally:

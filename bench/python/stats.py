@@ -76,20 +76,22 @@ def histogram_quantile(samples, name, q, **labels):
 
 
 def rows_with_ratios(rows, ours="jobfleet"):
-    """Median row per (system, broker, concurrency) over the rounds, plus jobfleet's ratio to
-    every peer on the same broker and concurrency: the median of the per-round ratios (each
-    round's pair ran back to back), so a machine slowed for one round moves both sides."""
+    """Median row per (system, broker, concurrency, job count) over the rounds, plus jobfleet's
+    ratio to every peer on the same broker, concurrency and job count: the median of the
+    per-round ratios (each round's pair ran back to back), so a machine slowed for one round
+    moves both sides. The job count is part of the key because a peer that cannot take the full
+    count is paired with a jobfleet run of its own size."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["impl"], r["broker"], r["concurrency"]), []).append(r)
+        groups.setdefault((r["impl"], r["broker"], r["concurrency"], r["jobs"]), []).append(r)
     out = []
-    for (impl, broker, conc), rs in groups.items():
+    for (impl, broker, conc, jobs), rs in groups.items():
         row = {
             "impl": impl,
             "broker": broker,
             "concurrency": conc,
             "rounds": len(rs),
-            "jobs": rs[0]["jobs"],
+            "jobs": jobs,
             "jobs_per_s": median([r["jobs_per_s"] for r in rs]),
             "jobs_per_s_range": (min(r["jobs_per_s"] for r in rs), max(r["jobs_per_s"] for r in rs)),
             "p50_ms": median([r["p50_ms"] for r in rs]),
@@ -98,14 +100,15 @@ def rows_with_ratios(rows, ours="jobfleet"):
             "ratio": None,
         }
         if impl != ours:
-            mine = {r["round"]: r for r in groups.get((ours, broker, conc), [])}
+            mine = {r["round"]: r for r in groups.get((ours, broker, conc, jobs), [])}
             per_round = [mine[r["round"]]["jobs_per_s"] / r["jobs_per_s"] for r in rs if r["round"] in mine]
             if per_round:
                 row["ratio"] = median(per_round)
                 row["ratio_range"] = (min(per_round), max(per_round))
         out.append(row)
     order = {"redis": 0, "postgres": 1, "rabbitmq": 2}
-    out.sort(key=lambda r: (order.get(r["broker"], 9), r["concurrency"], r["impl"] != ours, -r["jobs_per_s"]))
+    out.sort(key=lambda r: (order.get(r["broker"], 9), r["concurrency"], -r["jobs"], r["impl"] != ours,
+                            -r["jobs_per_s"]))
     return out
 
 

@@ -3,6 +3,7 @@
 import math
 import unittest
 
+from harness import PEER_MAX_JOBS, round_runs
 from stats import (counter, histogram_quantile, markdown_table, median, parse_prometheus,
                    quantile, rows_with_ratios)
 
@@ -53,8 +54,8 @@ class Prometheus(unittest.TestCase):
         self.assertEqual(histogram_quantile(s, "h", 0.99), 1.0)
 
 
-def row(impl, rnd, jps, broker="redis", conc=50):
-    return {"impl": impl, "broker": broker, "concurrency": conc, "round": rnd, "jobs": 1000,
+def row(impl, rnd, jps, broker="redis", conc=50, jobs=1000):
+    return {"impl": impl, "broker": broker, "concurrency": conc, "round": rnd, "jobs": jobs,
             "jobs_per_s": jps, "p50_ms": 10, "p99_ms": 20, "peak_rss_mb": 12.5}
 
 
@@ -85,6 +86,28 @@ class Table(unittest.TestCase):
         self.assertIn("| redis | 50 | **jobfleet** | 1,000 | 250 (250–250)", t)
         self.assertIn("**2.50×** (2.50–2.50)", t)
         self.assertTrue(math.isclose(rows_with_ratios(rows)[1]["ratio"], 2.5))
+
+    def test_a_capped_peer_is_compared_with_jobfleet_at_its_own_count(self):
+        rows = [row("jobfleet", 0, 300, jobs=200_000), row("bullmq", 0, 100, jobs=200_000),
+                row("jobfleet", 0, 80, jobs=5_000), row("apalis-redis", 0, 40, jobs=5_000)]
+        out = {(r["impl"], r["jobs"]): r for r in rows_with_ratios(rows)}
+        self.assertEqual(out[("bullmq", 200_000)]["ratio"], 3.0)
+        self.assertEqual(out[("apalis-redis", 5_000)]["ratio"], 2.0)
+        self.assertEqual(len(out), 4)
+
+
+class Rounds(unittest.TestCase):
+    def test_every_system_runs_once_at_the_full_count_unless_capped(self):
+        runs = round_runs(["bullmq", "apalis-redis"], 200_000, 0)
+        cap = PEER_MAX_JOBS["apalis-redis"]
+        self.assertEqual(runs, [("jobfleet", 200_000), ("bullmq", 200_000),
+                                ("jobfleet", cap), ("apalis-redis", cap)])
+
+    def test_odd_rounds_start_from_the_other_end(self):
+        self.assertEqual(round_runs(["bullmq"], 1_000, 1), [("bullmq", 1_000), ("jobfleet", 1_000)])
+
+    def test_a_cap_above_the_count_changes_nothing(self):
+        self.assertEqual(round_runs(["apalis-redis"], 1_000, 0), [("jobfleet", 1_000), ("apalis-redis", 1_000)])
 
 
 if __name__ == "__main__":
