@@ -167,6 +167,19 @@ impl Store {
         Ok(rows.into_iter().map(from_row).collect())
     }
 
+    /// Every request for `job_id`, on any queue, newest first.
+    pub async fn cancels_of_job(&self, job_id: &str) -> Result<Vec<CancelRequest>> {
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM jobfleet.cancel_requests WHERE job_id = $1 \
+             ORDER BY requested_at DESC"
+        )))
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(Error::db("read the cancel requests"))?;
+        Ok(rows.into_iter().map(from_row).collect())
+    }
+
     /// Marks requests as met: `worker` dead-lettered these `(queue, job id)`s.
     pub async fn consume_cancels(&self, worker: &str, done: &[(String, String)]) -> Result<u64> {
         if done.is_empty() {

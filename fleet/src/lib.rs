@@ -12,6 +12,7 @@ pub mod audit;
 pub mod cancel;
 pub mod error;
 pub mod limits;
+pub mod lookup;
 pub mod pause;
 pub mod registry;
 pub mod snapshot;

@@ -1,13 +1,16 @@
 //! The control state against a real PostgreSQL: the registry (report, lost, leave), pause and
-//! resume with their audit rows, cancel requests from asked to met to cleared, and the
-//! worker-side snapshot: installed on refresh, kept while the database is away, and reported.
+//! resume with their audit rows, cancel requests from asked to met to cleared, the running jobs
+//! a report lists found by id, and the worker-side snapshot: installed on refresh, kept while
+//! the database is away, and reported.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use fleet::audit::Action;
 use fleet::pause::Change;
-use fleet::registry::{PoolReport, Registration, Report, WorkerState};
+use fleet::registry::{
+    MAX_RUNNING_REPORTED, PoolReport, Registration, Report, RunningJob, WorkerState,
+};
 use fleet::snapshot::Refresher;
 use fleet::{Actor, Control, Store};
 use sqlx::PgPool;
@@ -80,6 +83,7 @@ async fn registry_rows_are_refreshed_judged_lost_and_removed_on_leave() {
             failed: 1,
             dead_lettered: 1,
         }],
+        ..Report::default()
     };
     store.report(&a, &report).await.unwrap();
     store.report(&b, &Report::default()).await.unwrap();
@@ -114,6 +118,114 @@ async fn registry_rows_are_refreshed_judged_lost_and_removed_on_leave() {
     let rows = store.workers().await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].registration.instance, b.instance);
+    drop_db(store).await;
+}
+
+fn running_job(id: &str, queue: &str) -> RunningJob {
+    RunningJob {
+        id: id.into(),
+        queue: queue.into(),
+        kind: "diag_sleep".into(),
+        // Whole microseconds: what survives the jsonb round trip is compared exactly.
+        started_at: chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_reported_running_job_is_found_by_id_until_a_report_drops_it() {
+    let store = fresh_store("running").await;
+    let a = registration("w-a", 100);
+    let b = registration("w-b", 60_000);
+    let job = running_job("0192f0c4-7f7e-7d7a-9a6b-1c2d3e4f5a6b", "emails");
+    let other = running_job("job-2", "reports");
+    store
+        .report(
+            &a,
+            &Report {
+                running: vec![job.clone(), other.clone()],
+                ..Report::default()
+            },
+        )
+        .await
+        .unwrap();
+    store.report(&b, &Report::default()).await.unwrap();
+
+    let found = store.running_job(&job.id).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].job, job);
+    assert_eq!(found[0].worker.registration.instance, a.instance);
+    assert_eq!(found[0].worker.state, WorkerState::Running);
+    assert_eq!(store.running_job("job-2").await.unwrap()[0].job, other);
+    for absent in ["not-running", "0192f0c4", "job"] {
+        assert!(
+            store.running_job(absent).await.unwrap().is_empty(),
+            "{absent}: only an exact id matches"
+        );
+    }
+    assert!(store.omitting_running().await.unwrap().is_empty());
+
+    // The job ended: the next report no longer lists it.
+    store
+        .report(
+            &a,
+            &Report {
+                running: vec![other.clone()],
+                ..Report::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.running_job(&job.id).await.unwrap().is_empty());
+
+    // A worker that goes quiet keeps its last list, marked lost; the job redelivered to
+    // another worker is found on both, the live one first.
+    store
+        .report(
+            &b,
+            &Report {
+                running: vec![other.clone()],
+                ..Report::default()
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let found = store.running_job("job-2").await.unwrap();
+    let seen: Vec<(&str, WorkerState)> = found
+        .iter()
+        .map(|r| (r.worker.registration.worker_id.as_str(), r.worker.state))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("w-b", WorkerState::Running), ("w-a", WorkerState::Lost)]
+    );
+
+    // Past the cap, the rest is counted, not listed.
+    let many: Vec<RunningJob> = (0..MAX_RUNNING_REPORTED + 7)
+        .map(|i| running_job(&format!("bulk-{i}"), "emails"))
+        .collect();
+    store
+        .report(
+            &b,
+            &Report {
+                running: many,
+                ..Report::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.running_job("bulk-0").await.unwrap().len(), 1);
+    assert!(
+        store
+            .running_job(&format!("bulk-{MAX_RUNNING_REPORTED}"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let omitting = store.omitting_running().await.unwrap();
+    assert_eq!(omitting.len(), 1);
+    assert_eq!(omitting[0].worker.registration.instance, b.instance);
+    assert_eq!(omitting[0].omitted, 7);
     drop_db(store).await;
 }
 

@@ -16,6 +16,7 @@ pub mod lease;
 pub mod ledger;
 pub mod pool;
 pub mod runner;
+pub mod running;
 pub mod settle;
 pub mod stats;
 pub mod verdict;

@@ -24,6 +24,7 @@ use crate::flag::until_set;
 use crate::lease::LeaseClock;
 pub use crate::ledger::Settled;
 use crate::ledger::{self, MALFORMED_LABEL, UNKNOWN_LABEL};
+use crate::running::RunningJobs;
 use crate::settle::settle;
 use crate::verdict::{self, Outcome, Verdict, verdict};
 
@@ -34,6 +35,8 @@ pub struct Runner {
     /// The fleet's cancel requests, read from the snapshot (never from the database).
     control: Control,
     limiter: Limiter,
+    /// The jobs whose handler is running, for the registry report.
+    running: Arc<RunningJobs>,
 }
 
 fn panic_message(p: Box<dyn Any + Send>) -> String {
@@ -80,6 +83,7 @@ impl Runner {
             worker_id: worker_id.into(),
             control: Control::detached(),
             limiter: Limiter::off(),
+            running: Arc::default(),
         }
     }
 
@@ -98,6 +102,11 @@ impl Runner {
     /// The worker id written into error histories.
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// The jobs whose handler is running now (kept once enabled).
+    pub fn running(&self) -> &Arc<RunningJobs> {
+        &self.running
     }
 
     /// Runs and settles one delivery from `queue`. `abort` turning true (shutdown grace over)
@@ -145,6 +154,7 @@ impl Runner {
                     let fleet = FleetHooks {
                         limiter: &self.limiter,
                         control: self.control.clone(),
+                        running: &self.running,
                     };
                     attempt(queue, &lease, &*delivery, env, reg, fleet, abort).await
                 }
@@ -204,11 +214,12 @@ fn cancelled(req: &CancelRequest) -> Outcome {
     }
 }
 
-/// What the fleet's control plane asks of one attempt: permits from the limits, and a watch for
-/// a cancel request.
+/// What the fleet's control plane asks of one attempt: permits from the limits, a watch for
+/// a cancel request, and the list of running jobs the registry report reads.
 struct FleetHooks<'a> {
     limiter: &'a Limiter,
     control: Control,
+    running: &'a RunningJobs,
 }
 
 /// Everything between finding the kind and deciding: the crash-loop check, `validate`, the
@@ -227,6 +238,7 @@ async fn attempt(
     let FleetHooks {
         limiter,
         mut control,
+        running,
     } = fleet;
     let policy = &reg.policy;
     let receives = delivery.message().receive_count();
@@ -251,6 +263,8 @@ async fn attempt(
     };
 
     ledger::started(queue, &env.kind, env.enqueued_at);
+    // Listed until this attempt returns, whichever way it ends.
+    let _listed = running.start(&env.id, queue, &env.kind);
     let started = Instant::now();
     let ctx = JobContext {
         job_id: env.id.clone(),

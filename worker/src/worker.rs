@@ -1,16 +1,16 @@
 //! The running worker: one pool per configured queue, the control loop that sizes them, and
 //! the graceful drain an Auto Scaling scale-in relies on (stop receiving, let in-flight jobs
 //! finish within the grace period, hand the rest back, return). With the fleet's control state
-//! attached ([`Worker::with_fleet`]) it also registers itself, reports its pools every sample
-//! interval, and follows the fleet's pauses and cancels from a snapshot refreshed beside the
-//! pools (`fleet::snapshot`).
+//! attached ([`Worker::with_fleet`]) it also registers itself, reports its pools and the jobs
+//! it is running every sample interval, and follows the fleet's pauses and cancels from a
+//! snapshot refreshed beside the pools (`fleet::snapshot`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet::limits::Limiter;
-use fleet::registry::{PoolReport, Registration, Report};
+use fleet::registry::{MAX_RUNNING_REPORTED, PoolReport, Registration, Report};
 use fleet::snapshot::Refresher;
 use fleet::{Control, Store};
 use jobs::Registry;
@@ -136,10 +136,12 @@ impl Worker {
         }
     }
 
-    /// Joins the fleet whose control state is in `store`: registry row, pauses, cancels.
-    /// Without it the worker runs alone (nothing paused, nothing cancelled).
+    /// Joins the fleet whose control state is in `store`: registry row (with the jobs running
+    /// here), pauses, cancels. Without it the worker runs alone (nothing paused, nothing
+    /// cancelled, no list of running jobs kept).
     pub fn with_fleet(mut self, store: Store) -> Self {
         self.fleet = Some(store);
+        self.runner.running().enable();
         self
     }
 
@@ -348,6 +350,7 @@ impl Worker {
     ) -> tokio::task::JoinHandle<()> {
         let w = &self.cfg.worker;
         let view = self.view();
+        let running = self.runner.running().clone();
         let draining = shutdown.clone();
         let refresher = Refresher {
             store: store.clone(),
@@ -362,9 +365,14 @@ impl Worker {
                 started_at: chrono::Utc::now(),
                 interval_ms: w.sample_interval.as_millis() as u64,
             },
-            report: move || Report {
-                draining: draining.is_triggered(),
-                pools: view.snapshot().into_iter().map(pool_report).collect(),
+            report: move || {
+                let (running, running_omitted) = running.report(MAX_RUNNING_REPORTED);
+                Report {
+                    draining: draining.is_triggered(),
+                    pools: view.snapshot().into_iter().map(pool_report).collect(),
+                    running,
+                    running_omitted,
+                }
             },
             queues: self.pools.iter().map(|p| p.queue.clone()).collect(),
             timeout: w.connect_timeout,

@@ -1,7 +1,8 @@
 //! Steering the fleet (issue 10), with real `worker` processes on the real services: pause and
 //! resume across three workers while 1,000 jobs are queued; cancel of a waiting job on every
 //! backend and of a running one on another process, both dead-lettered with the reason and
-//! replayable; the control state's database cut while jobs flow on Redis; bad input refused
+//! replayable; the control state's database cut while jobs flow on Redis; "where is job X?"
+//! (`worker job`, the dashboard's job page) naming the worker a job runs on; bad input refused
 //! with exit code 2 and nothing written. Every test has a database of its own for the control
 //! state (and for the PostgreSQL broker), so runs never see each other's fleet.
 
@@ -608,6 +609,192 @@ async fn control_state_down_keeps_jobs_flowing_and_is_reported_then_picked_up_ag
 
 /// A queue not in the config, a malformed job id: exit 2 with the value named, and nothing
 /// written (no pause, no cancel request, no audit row).
+/// `worker job ID --json`, polled until `done` says yes of it (at most `limit`); returns the
+/// answer and when the call that gave it had started.
+async fn job_until(
+    cfg: &Path,
+    id: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> (Value, Instant) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let asked = Instant::now();
+        let v = json_of(&cli(cfg, &["job", id, "--json"]));
+        if done(&v) {
+            return (v, asked);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {limit:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn is_running(v: &Value) -> bool {
+    !v["running"].as_array().unwrap().is_empty()
+}
+
+/// Where is job X: a long job running on a real `worker run` is found by id on that worker
+/// (worker id, host, pid, queue, kind, since when) within two sample intervals of its start,
+/// by `worker job` and on the dashboard's job page; once it has finished it is no longer said
+/// to run. A cancelled one is then found in the DLQ with the reason and its carried-out
+/// cancel request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_job_says_which_worker_runs_a_job_and_where_it_went() {
+    let s = Setup::new(BackendKind::Redis, "where").await;
+    let cfg = s.config("w", None, 0, 2);
+    let mut child = spawn_worker(&cfg, Stdio::inherit());
+    let pid = child.0.id();
+    let web_port = common::free_port();
+    let web_addr = format!("127.0.0.1:{web_port}");
+    let web = Proc(
+        common::worker_cmd()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["web", "--addr", &web_addr, "--sample-every", "300ms"])
+            .env_remove("JOBFLEET_WEB_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn worker web"),
+    );
+
+    let sleep_ms: u64 = 3000;
+    let long = Envelope::new("diag_sleep", &s.queue, json!({"ms": sleep_ms}));
+    let table = ok(&cli(&cfg, &["job", &long.id]));
+    assert!(
+        table.contains("not running on any registered worker"),
+        "{table}"
+    );
+    s.tb.broker.send(&long).await.unwrap();
+
+    let (v, _) = job_until(
+        &cfg,
+        &long.id,
+        Duration::from_secs(30),
+        "listed as running",
+        is_running,
+    )
+    .await;
+    let seen = chrono::Utc::now();
+    let running = &v["running"].as_array().unwrap()[0];
+    assert_eq!(running["worker"]["pid"], json!(pid), "{v}");
+    assert_eq!(
+        running["worker"]["host"],
+        json!(runtime::host::hostname()),
+        "{v}"
+    );
+    assert_eq!(running["worker"]["state"], json!("running"), "{v}");
+    assert_eq!(running["job"]["queue"], json!(s.queue), "{v}");
+    assert_eq!(running["job"]["kind"], json!("diag_sleep"), "{v}");
+    let worker_id = running["worker"]["worker_id"].as_str().unwrap().to_owned();
+    let started: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(running["job"]["started_at"].clone()).unwrap();
+    // Freshness: the report after the start (one interval) plus the CLI's own start-up.
+    let lag = (seen - started).to_std().unwrap_or_default();
+    eprintln!("listed as running {lag:?} after its handler started");
+    assert!(
+        lag < Duration::from_millis(2 * INTERVAL_MS + SLACK_MS + 1500),
+        "listed {lag:?} after the start (interval {INTERVAL_MS} ms)"
+    );
+    let table = ok(&cli(&cfg, &["job", &long.id]));
+    eprintln!("{table}");
+    assert!(table.contains("RUNNING"), "{table}");
+    assert!(table.contains(&format!("on {worker_id} (")), "{table}");
+    assert!(table.contains(&format!("pid {pid}")), "{table}");
+
+    // The dashboard's job page says the same.
+    wait_until(Duration::from_secs(30), "the dashboard listens", || async {
+        std::net::TcpStream::connect(&web_addr).is_ok()
+    })
+    .await;
+    let (code, page) = common::http_get(web_port, &format!("/job?id={}", long.id))
+        .await
+        .expect("the job page answers");
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains(&format!("Running on <strong>{worker_id}</strong> (")),
+        "{page}"
+    );
+    assert!(page.contains(&format!("pid {pid}) since ")), "{page}");
+    assert!(
+        page.contains(&format!("queue {}, kind diag_sleep", s.queue)),
+        "{page}"
+    );
+
+    // Finished: no longer said to run, within two intervals of its end.
+    let (v, asked) = job_until(
+        &cfg,
+        &long.id,
+        Duration::from_secs(30),
+        "no longer running",
+        |v| !is_running(v),
+    )
+    .await;
+    let ended = started + chrono::Duration::milliseconds(sleep_ms as i64);
+    let after_end = (chrono::Utc::now() - ended).to_std().unwrap_or_default();
+    eprintln!(
+        "no longer listed {after_end:?} after its end ({:?} for the last call)",
+        asked.elapsed()
+    );
+    assert!(
+        after_end < Duration::from_millis(2 * INTERVAL_MS + SLACK_MS + 1500),
+        "still listed {after_end:?} after it ended"
+    );
+    assert!(v["dead_lettered"].as_array().unwrap().is_empty(), "{v}");
+
+    // Cancelled while running: in the DLQ of the queue with the reason, the cancel carried out.
+    let doomed = Envelope::new("diag_sleep", &s.queue, json!({"ms": 60_000}));
+    s.tb.broker.send(&doomed).await.unwrap();
+    job_until(
+        &cfg,
+        &doomed.id,
+        Duration::from_secs(30),
+        "the doomed job runs",
+        is_running,
+    )
+    .await;
+    ok(&cli(
+        &cfg,
+        &["cancel", &s.queue, &doomed.id, "--reason", "wrong tenant"],
+    ));
+    let (v, _) = job_until(
+        &cfg,
+        &doomed.id,
+        Duration::from_secs(30),
+        "dead-lettered, met, not running",
+        |v| {
+            !v["dead_lettered"].as_array().unwrap().is_empty()
+                && !v["cancels"][0]["consumed_by"].is_null()
+                && !is_running(v)
+        },
+    )
+    .await;
+    let entry = &v["dead_lettered"][0];
+    assert_eq!(entry["queue"], json!(s.queue), "{v}");
+    let reason = entry["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("cancelled by tester@") && reason.ends_with(": wrong tenant"),
+        "{v}"
+    );
+    assert_eq!(v["cancels"][0]["consumed_by"], json!(worker_id), "{v}");
+    assert_eq!(v["unreadable"], json!([]), "{v}");
+    let table = ok(&cli(&cfg, &["job", &doomed.id]));
+    assert!(
+        table.contains(&format!("in the DLQ of {} since", s.queue)),
+        "{table}"
+    );
+    assert!(table.contains("carried out by"), "{table}");
+    eprintln!("{table}");
+
+    sigterm_and_wait(&mut child).await;
+    drop(web);
+    s.finish().await;
+}
+
 #[tokio::test]
 async fn bad_input_exits_2_naming_the_value_and_writes_nothing() {
     let s = Setup::new(BackendKind::Redis, "badin").await;
@@ -618,6 +805,7 @@ async fn bad_input_exits_2_naming_the_value_and_writes_nothing() {
         (vec!["cancel", "nope", "some-id"], "`nope`"),
         (vec!["cancel", &s.queue, " padded"], "\" padded\""),
         (vec!["cancel", &s.queue, ""], "is empty"),
+        (vec!["job", " padded"], "\" padded\""),
         (vec!["audit", "--since", "last tuesday"], "last tuesday"),
         (vec!["dlq", "replay", "nope"], "`nope`"),
     ] {

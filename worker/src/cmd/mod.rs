@@ -8,6 +8,7 @@ pub mod demo;
 pub mod dlq;
 pub mod enqueue;
 pub mod error;
+pub mod job;
 pub mod limit;
 pub mod migrate;
 pub mod pause;
@@ -60,6 +61,9 @@ pub enum Cmd {
     Resume(pause::ResumeArgs),
     /// Cancel one job, waiting or running: it goes to the DLQ with who cancelled it and why.
     Cancel(cancel::Args),
+    /// Where a job is: running on which worker (host, pid, since when), in which DLQ and why,
+    /// which schedule tick enqueued it, its cancel requests.
+    Job(job::Args),
     /// The operator audit log: who paused, cancelled, replayed, purged what, and when.
     Audit(audit::Args),
 }
@@ -85,6 +89,7 @@ impl Cmd {
             Cmd::Pause(args) => pause::execute_pause(&cfg, &args).await,
             Cmd::Resume(args) => pause::execute_resume(&cfg, &args).await,
             Cmd::Cancel(args) => cancel::execute(&cfg, &args).await,
+            Cmd::Job(args) => job::execute(&cfg, &args).await,
             Cmd::Audit(args) => audit::execute(&cfg, &args).await,
         }
     }
