@@ -144,6 +144,32 @@ impl TestCluster {
             .map(|(m, _)| m)
     }
 
+    /// A replica of `master` that has caught up with it, waited for: `cluster_state:ok` (what
+    /// `up` waits for) says every slot is served, not that every replica has joined and synced,
+    /// and a manual failover needs a synced replica.
+    fn synced_replica_of(&self, master: u16) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let replica = self
+                .topology(self.base)
+                .get(&master)
+                .and_then(|(_, replicas)| replicas.first().copied());
+            if let Some(r) = replica
+                && self
+                    .cli(r, &["INFO", "replication"])
+                    .contains("master_link_status:up")
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no synced replica of master {master} within 30 s: {:?}",
+                self.topology(self.base)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Two queue names whose slots are on two different masters.
     fn queues_on_two_masters(&self) -> [(String, u16); 2] {
         let a = unique_queue("cla");
@@ -256,7 +282,7 @@ async fn failover_mid_drain_loses_nothing_and_workers_stay_up() {
     const TOTAL: usize = 10_000;
     let cluster = TestCluster::start(3, 1);
     let [(qa, master_a), (qb, _)] = cluster.queues_on_two_masters();
-    let replica_a = cluster.topology(cluster.base)[&master_a].1[0];
+    let replica_a = cluster.synced_replica_of(master_a);
     let fresh = FreshDb::create(&pg_base(), "jft_cluster").await;
     let db = sqlx::PgPool::connect(&fresh.url).await.unwrap();
     let ns = format!("jft{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
