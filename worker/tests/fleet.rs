@@ -200,6 +200,22 @@ async fn recorded(pool: &PgPool, run: &str) -> (i64, i64) {
     .unwrap_or((0, 0))
 }
 
+/// Every run of a job that ran more than once (when, which process, which attempt), to tell a
+/// broker redelivery from a second copy when the assertion fails.
+async fn repeated_runs(pool: &PgPool, run: &str) -> String {
+    let rows: Vec<(String, i32, i32, String)> = sqlx::query_as(
+        "SELECT key, attempt, pid, to_char(at, 'HH24:MI:SS.MS') FROM jobfleet_diag.runs \
+         WHERE run = $1 AND key IN \
+           (SELECT key FROM jobfleet_diag.runs WHERE run = $1 GROUP BY key HAVING count(*) > 1) \
+         ORDER BY key, at",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    format!("{rows:?}")
+}
+
 /// Pause with three worker processes while 1,000 jobs are queued: after one interval no job
 /// starts on any of them; `worker queues` and `worker workers` show it; resume: every job runs,
 /// exactly once. Then a clean exit takes the workers out of the registry.
@@ -305,7 +321,8 @@ async fn pause_and_resume_on(backend: BackendKind) {
     assert_eq!(
         recorded(&s.pool, &run).await,
         (1000, 1000),
-        "{backend}: every job once, none twice"
+        "{backend}: every job once, none twice; the repeated runs: {}",
+        repeated_runs(&s.pool, &run).await
     );
     let d = s.tb.broker.depth(&s.queue).await.unwrap();
     assert_eq!((d.visible, d.dead_lettered), (0, 0), "{backend}: {d:?}");

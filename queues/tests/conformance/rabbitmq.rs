@@ -308,6 +308,58 @@ mod extra {
         Ok(())
     }
 
+    /// Consumers left idle (a paused queue, a pool whose slots are all busy) are retired and
+    /// give their prefetched messages back as fresh copies: each comes back exactly once and
+    /// not counted as a delivery. The originals' acks follow `basic.cancel`, and RabbitMQ's
+    /// quorum queues apply them only a moment later: with three processes retiring at once
+    /// and each channel closed right after its acks, 2 runs in 4 got originals back as well
+    /// (receive counts `[2, 1]`), which `consume::linger` prevents.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn retired_consumer_gives_its_buffer_back_exactly_once() -> anyhow::Result<()> {
+        use std::collections::HashMap;
+
+        use queues::{Consumer, Producer};
+        let h = Rabbit::new();
+        let q = unique_queue("retire");
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            let b = RabbitBroker::connect(&h.config(&h.url)).await?;
+            b.declare(&QueueSpec::new(&q)).await?;
+            idle.push(b);
+        }
+        let other = RabbitBroker::connect(&h.config(&h.url)).await?;
+        other.declare(&QueueSpec::new(&q)).await?;
+        let sent: Vec<Envelope> = (0..303)
+            .map(|i| Envelope::new("k", &q, json!({"n": i})))
+            .collect();
+        idle[0].send_batch(&sent).await?;
+        // Starts each process's consumer, which prefetches 100 into its buffer.
+        for b in &idle {
+            receive_one(b, &q).await?.ack().await?;
+        }
+        // Idle past the consumer's limit (3 s, checked every second) while another process
+        // asks for work all along, as the rest of a fleet does.
+        let mut seen: HashMap<String, Vec<u32>> = HashMap::new();
+        let until = Instant::now() + Duration::from_secs(9);
+        while Instant::now() < until {
+            for d in other.receive(&q, 50, Duration::from_millis(500)).await? {
+                let m = d.message();
+                seen.entry(m.id().to_owned())
+                    .or_default()
+                    .push(m.receive_count());
+                d.ack().await?;
+            }
+        }
+        let twice: Vec<_> = seen.iter().filter(|(_, c)| c.len() > 1).collect();
+        ensure!(twice.is_empty(), "delivered more than once: {twice:?}");
+        ensure!(seen.len() == 300, "{} of 300 came back", seen.len());
+        ensure!(
+            seen.values().all(|c| c == &[1]),
+            "giving back counted as a delivery: {seen:?}"
+        );
+        Ok(())
+    }
+
     /// A rough figure on the debug build (the real bench is `queues/benches`): run with
     /// `cargo nextest run -p jobfleet-queues -E 'test(/throughput/)' --run-ignored only`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The RabbitMQ [`Delivery`] and the lease that emulates a visibility timeout: a timer per
 //! handed-out delivery requeues it unless it is settled or extended in time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use lapin::{BasicProperties, Channel};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::consume::{prior_deliveries, requeue};
+use super::consume::{linger, prior_deliveries, requeue};
 use super::topology;
 use super::{BACKEND, Inner, Outgoing, Target};
 use crate::backends::util::lock;
@@ -27,6 +27,7 @@ pub(super) fn hand_out(
     inner: &Arc<Inner>,
     queue: &str,
     channel: &Channel,
+    cancelled: &Arc<AtomicBool>,
     d: AmqpDelivery,
     vis: Duration,
     in_flight: &Arc<AtomicU64>,
@@ -57,6 +58,7 @@ pub(super) fn hand_out(
         msg,
         props: d.properties,
         channel: channel.clone(),
+        cancelled: cancelled.clone(),
         tag: d.delivery_tag,
         receive_count,
         lease,
@@ -136,6 +138,8 @@ struct RabbitDelivery {
     msg: Message,
     props: BasicProperties,
     channel: Channel,
+    /// The consumer's: once it is cancelled, an ack keeps the channel open a while ([`linger`]).
+    cancelled: Arc<AtomicBool>,
     tag: u64,
     receive_count: u64,
     lease: Arc<Lease>,
@@ -175,8 +179,16 @@ impl RabbitDelivery {
             .basic_ack(self.tag, BasicAckOptions::default())
             .now_or_never()
         {
-            Some(Err(_)) => Err(self.lost()),
-            Some(Ok(())) | None => Ok(()),
+            Some(Err(e)) => {
+                tracing::debug!(channel = self.channel.id(), tag = self.tag, error = %e, "ack refused: the channel is gone");
+                Err(self.lost())
+            }
+            Some(Ok(())) | None => {
+                if self.cancelled.load(Ordering::Relaxed) {
+                    linger(self.channel.clone());
+                }
+                Ok(())
+            }
         }
     }
 
