@@ -1,7 +1,10 @@
 # Sourced by bench/fleet.sh and bench/cluster.sh: one end-to-end drain through the real
 # `worker run` process, as operators run it. The queue is filled first by the in-process drain
 # bench (`--enqueue-only`), then `worker run` starts and the drain is timed from outside, from
-# the worker's own /metrics read every 20 ms: first job done .. JOBS jobs done.
+# the worker's own /metrics read every 20 ms: first job done .. JOBS jobs done. The worker's CPU
+# time over the same span (from /proc), divided by the jobs, is appended to $TMP/LABEL.cpu in
+# microseconds per job: on a VM whose wall-clock rate swings from round to round, what the worker
+# itself spends per job is the steadier figure.
 #
 # The caller sets DRAIN (the drain bench binary), WORKER (the release `worker`), TMP (a scratch
 # directory), PG_URL (the jobs' database) and PORT (a free admin port to start from), and traps
@@ -34,9 +37,16 @@ TOML
     --namespace "$ns" >/dev/null || { echo "worker_drain: FAILED to fill the queue on $url" >&2; return 1; }
   RUST_LOG=warn "$WORKER" --config "$TMP/$label.toml" run 2>"$TMP/$label.log" &
   WPID=$!
-  if ! python3 - "$PORT" "$jobs" <<'PY'
-import re, sys, time, urllib.request
-port, jobs = sys.argv[1], int(sys.argv[2])
+  if ! python3 - "$PORT" "$jobs" "$WPID" "$TMP/$label.cpu" <<'PY'
+import os, re, sys, time, urllib.request
+port, jobs, pid, cpu_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+tick = os.sysconf("SC_CLK_TCK")
+
+def cpu_seconds():
+    # utime and stime, fields 14 and 15 of /proc/PID/stat (after the command's closing paren).
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / tick
+
 pat = re.compile(r'^jobfleet_jobs_succeeded_total\{[^}]*\} (\d+)', re.M)
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 first = None
@@ -50,9 +60,11 @@ while time.monotonic() < deadline:
     done = sum(int(n) for n in pat.findall(text))
     now = time.monotonic()
     if done > 0 and first is None:
-        first = now
+        first, cpu_first = now, cpu_seconds()
     if done >= jobs:
         print(f"{jobs / (now - first):.0f}")
+        with open(cpu_file, "a") as f:
+            f.write(f"{(cpu_seconds() - cpu_first) * 1e6 / jobs:.2f}\n")
         sys.exit(0)
     time.sleep(0.02)
 sys.exit("FAIL: the drain did not finish within 600 s")
